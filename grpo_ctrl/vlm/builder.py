@@ -1,0 +1,49 @@
+"""Builds the embedded default VLM from transformers classes: SigLIP vision tower + Qwen3-MoE text model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen3MoeConfig, SiglipVisionConfig
+
+
+@dataclass(frozen=True)
+class EmbeddedVLMSize:
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    text_hidden: int = 256
+    text_layers: int = 6
+    num_experts: int = 8
+    expert_hidden: int = 128
+    heads: int = 4
+    kv_heads: int = 2
+
+
+def build_embedded_vlm(vocab_size: int, image_token_id: int, size: EmbeddedVLMSize = EmbeddedVLMSize(),
+                       pad_id: int = 0, bos_id: int = 1, eos_id: int = 2) -> LlavaForConditionalGeneration:
+    s = size
+    grid = s.image_size // s.patch_size
+    vision = SiglipVisionConfig(hidden_size=s.vision_hidden, intermediate_size=4 * s.vision_hidden,
+                                num_hidden_layers=s.vision_layers, num_attention_heads=max(1, s.vision_hidden // 64),
+                                image_size=s.image_size, patch_size=s.patch_size, vision_use_head=False)
+    text = Qwen3MoeConfig(vocab_size=vocab_size, hidden_size=s.text_hidden, intermediate_size=4 * s.text_hidden,
+                          moe_intermediate_size=s.expert_hidden, num_hidden_layers=s.text_layers,
+                          num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
+                          head_dim=s.text_hidden // s.heads, num_experts=s.num_experts, num_experts_per_tok=2,
+                          max_position_embeddings=512, bos_token_id=bos_id, eos_token_id=eos_id,
+                          pad_token_id=pad_id, router_aux_loss_coef=0.0)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
+                         image_seq_length=grid * grid, vision_feature_select_strategy="full",
+                         vision_feature_layer=-1)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = bos_id, eos_id, pad_id
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.bos_token_id = bos_id
+    model.generation_config.eos_token_id = eos_id
+    model.generation_config.pad_token_id = pad_id
+    return model
+
+
+def size_dict(size: EmbeddedVLMSize) -> dict:
+    return asdict(size)

@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+from grpo_ctrl.data import vocabulary
+from grpo_ctrl.knobs import KnobSpace
+from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm.builder import EmbeddedVLMSize, build_embedded_vlm
+from grpo_ctrl.vlm.tokenizer import VLMProcessor, build_tokenizer
+
+TINY = EmbeddedVLMSize(vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=4, num_experts=4,
+                       expert_hidden=32, heads=2, kv_heads=1)
+TINY_SPACE = KnobSpace({"low": 4, "medium": 2, "high": 1}, (1, 2, 4), (2, 3, 4))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_vlm() -> AdaptiveVLM:
+    """A randomly initialised miniature of the embedded VLM (fast; knob mechanics only)."""
+    torch.manual_seed(0)
+    tok = build_tokenizer(vocabulary())
+    model = build_embedded_vlm(len(tok), tok.convert_tokens_to_ids("<image>"), TINY)
+    return AdaptiveVLM(model, VLMProcessor(tok, TINY.image_size // TINY.patch_size), TINY_SPACE, [3, 1, 2])
