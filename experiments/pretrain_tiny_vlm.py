@@ -95,6 +95,14 @@ def region_colour_targets(groups: list[list], pool: int, n_colours: int) -> torc
     return pooled.flatten(2).transpose(1, 2)
 
 
+def region_centres(grid: int, pool: int) -> torch.Tensor:
+    """(row, col) centre of each pooled vision token's region, scaled to [-1, 1]: (tokens, 2)."""
+    side = grid // pool
+    centre = (torch.arange(side, dtype=torch.float) + 0.5) / side * 2 - 1
+    rows, cols = torch.meshgrid(centre, centre, indexing="ij")
+    return torch.stack([rows.flatten(), cols.flatten()], dim=1)
+
+
 def sample_setting(rng: np.random.Generator, vlm: AdaptiveVLM, cfg: DictConfig) -> tuple[int, int, list[int]]:
     space = vlm.knob_space
     n_total = vlm.num_blocks_total
@@ -127,7 +135,7 @@ def evaluate(vlm: AdaptiveVLM, samples, settings: dict) -> dict[str, dict[str, f
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain_tiny_vlm")
+@hydra.main(version_base="1.3", config_path="../conf/experiments", config_name="pretrain_tiny_vlm")
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -135,8 +143,8 @@ def main(cfg: DictConfig) -> None:
     data = GridVQA(seed=cfg.data.seed, mix=dict(cfg.data.mix))
     val = data.split("val", cfg.eval_samples)
     n_colours = len(data.colour_names)
-    # Auxiliary vision-side head (not shipped): each vision token predicts the colours under it.
-    aux_head = torch.nn.Linear(vlm.model.config.text_config.hidden_size, n_colours)
+    # Auxiliary vision-side head (not shipped): each vision token predicts the colours under it and where it is.
+    aux_head = torch.nn.Linear(vlm.model.config.text_config.hidden_size, n_colours + 2)
     projected = {}
     vlm.model.model.multi_modal_projector.register_forward_hook(lambda m, a, out: projected.__setitem__("x", out))
     params = [p for p in vlm.model.parameters() if p.requires_grad] + list(aux_head.parameters())
@@ -173,8 +181,11 @@ def main(cfg: DictConfig) -> None:
         vlm.keep_blocks(keep)
         inputs, where, targets = packed_batch(vlm, groups, pool)
         answer_loss = F.cross_entropy(prediction_logits(vlm, inputs, where), targets)
-        aux_logits = aux_head(projected["x"])
-        aux_loss = F.cross_entropy(aux_logits.flatten(0, 1), region_colour_targets(groups, pool, n_colours).flatten(0, 1))
+        aux_out = aux_head(projected["x"])
+        colours = region_colour_targets(groups, pool, n_colours)
+        aux_loss = F.cross_entropy(aux_out[..., :n_colours].flatten(0, 1), colours.flatten(0, 1))
+        where_target = region_centres(vlm.processor.patch_grid, pool).expand(len(groups), -1, -1)
+        aux_loss = aux_loss + F.mse_loss(aux_out[..., n_colours:], where_target)
         loss = answer_loss + cfg.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

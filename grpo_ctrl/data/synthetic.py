@@ -27,7 +27,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 QUADRANTS = ("topleft", "topright", "bottomleft", "bottomright")
 QUESTION_TYPES = ("quadrant", "cell", "same", "count")
-DEFAULT_MIX = {"quadrant": 0.2, "cell": 0.3, "same": 0.25, "count": 0.25}
+DEFAULT_MIX = {"quadrant": 0.2, "cell": 0.35, "same": 0.25, "count": 0.2}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 GRID = 8

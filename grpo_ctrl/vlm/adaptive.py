@@ -42,18 +42,14 @@ class AdaptiveVLM:
                  block_drop_order: Sequence[int] | None = None):
         self.model = model.eval()
         self.processor = processor
-        self.knob_space = knob_space
         self.language_model = model.model.language_model
         self.blocks = list(self.language_model.layers)
         self._layer_types = list(getattr(self.language_model.config, "layer_types", None) or [])
         self.routers = [b.mlp.gate for b in self.blocks if hasattr(getattr(b.mlp, "gate", None), "top_k")]
-        num_experts = self.routers[0].num_experts if self.routers else 0
         self.block_drop_order = self._check_drop_order(block_drop_order)
-        self._check_space(num_experts)
         self._pool = 1
         model.model.vision_tower.embeddings.register_forward_hook(self._pool_patch_grid)
-        self.knobs = knob_space.full
-        self.set_knobs(self.knobs)
+        self.set_knob_space(knob_space)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -93,6 +89,19 @@ class AdaptiveVLM:
     def kept_blocks(self, num_blocks: int) -> list[int]:
         dropped = set(self.block_drop_order[: self.num_blocks_total - num_blocks])
         return [i for i in range(self.num_blocks_total) if i not in dropped]
+
+    def set_knob_space(self, space: KnobSpace) -> None:
+        """Use another knob space (e.g. a restriction from the config); the model is reset to its full setting."""
+        num_experts = self.routers[0].num_experts if self.routers else 0
+        if max(space.num_blocks) > len(self.blocks):
+            raise KnobError(f"knobs.num_blocks {list(space.num_blocks)} exceed the model's {len(self.blocks)} blocks")
+        if num_experts and max(space.top_ks) > num_experts:
+            raise KnobError(f"knobs.top_k {list(space.top_ks)} exceed the model's {num_experts} experts")
+        for pool in space.tiers.values():
+            self.processor.num_image_tokens(pool)
+        self.knob_space = space
+        self.knobs = space.full
+        self.set_knobs(space.full)
 
     def set_knobs(self, knobs: Knobs) -> None:
         self.knob_space.validate(knobs)
@@ -149,15 +158,6 @@ class AdaptiveVLM:
         if sorted(order) != list(range(1, n)):
             raise ValueError(f"block drop order {order} must be a permutation of blocks 1..{n - 1} (block 0 stays)")
         return order
-
-    def _check_space(self, num_experts: int) -> None:
-        s = self.knob_space
-        if max(s.num_blocks) > len(self.blocks):
-            raise KnobError(f"knobs.num_blocks {list(s.num_blocks)} exceed the model's {len(self.blocks)} blocks")
-        if num_experts and max(s.top_ks) > num_experts:
-            raise KnobError(f"knobs.top_k {list(s.top_ks)} exceed the model's {num_experts} experts")
-        for pool in s.tiers.values():
-            self.processor.num_image_tokens(pool)
 
     # ---------------------------------------------------------------- compute
     def inputs(self, images, questions: Sequence[str], tier: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,48 @@
+"""Median end-to-end generate() latency (batch 1) and accuracy on a fixed sample, for every knob setting.
+
+    .venv/bin/python benchmarks/knob_latency.py [--model DIR] [--requests 8] [--repeats 5] [--samples 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from grpo_ctrl.data import GridVQA
+from grpo_ctrl.latency.measured import time_generate
+from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm.evaluation import score_setting
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model dir (default: the embedded VLM)")
+    ap.add_argument("--requests", type=int, default=8, help="test requests timed per setting")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--samples", type=int, default=256, help="test samples for accuracy")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    vlm = AdaptiveVLM.from_pretrained(args.model)
+    data = GridVQA()
+    timed = data.split("test", args.requests)
+    scored = data.split("test", args.samples)
+    print(f"{'setting':<16}{'image tok':>10}{'p50 ms':>9}{'accuracy':>10}")
+    rows = []
+    for knobs in vlm.knob_space.all():
+        times = []
+        for s in timed:
+            inputs = vlm.inputs([s.image], [s.question], knobs.tier)
+            times += time_generate(vlm, inputs, knobs, warmup=1, repeats=args.repeats)
+        acc = float(score_setting(vlm, scored, knobs).mean())
+        rows.append((knobs, float(np.median(times)), acc))
+        print(f"{str(knobs):<16}{vlm.num_image_tokens(knobs.tier):>10}{rows[-1][1]:>9.2f}{acc:>10.3f}", flush=True)
+    lat = {k: t for k, t, _ in rows}
+    cheap, full = vlm.knob_space.cheapest, vlm.knob_space.full
+    print(f"cheapest/full latency: {lat[cheap]:.2f} / {lat[full]:.2f} ms = {lat[cheap] / lat[full]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

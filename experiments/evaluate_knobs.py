@@ -1,0 +1,87 @@
+"""Accuracy per question type and median latency for every knob setting, the targets of the embedded VLM,
+and the "cheapest correct setting" histogram (the controller's headroom over any static setting).
+
+    python experiments/evaluate_knobs.py [model_path=DIR] [samples=1200]
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from grpo_ctrl.data import GridVQA
+from grpo_ctrl.latency.measured import time_generate
+from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm.evaluation import by_type, oracle_cheapest, score_setting
+
+
+def monotone_violations(space, acc: dict, tolerance: float) -> list[str]:
+    """Steps along one knob (others fixed) where accuracy falls by more than `tolerance`."""
+    out = []
+    axes = {"tier": space.tier_names, "top_k": space.top_ks, "num_blocks": space.num_blocks}
+    for knobs in space.all():
+        for axis, values in axes.items():
+            i = values.index(getattr(knobs, axis))
+            if i + 1 < len(values):
+                nxt = type(knobs)(**{**knobs.__dict__, axis: values[i + 1]})
+                if acc[nxt] < acc[knobs] - tolerance:
+                    out.append(f"{knobs} -> {nxt}: {acc[knobs]:.3f} -> {acc[nxt]:.3f}")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf/experiments", config_name="evaluate_knobs")
+def main(cfg: DictConfig) -> None:
+    torch.set_num_threads(cfg.threads)
+    vlm = AdaptiveVLM.from_pretrained(cfg.model_path)
+    space = vlm.knob_space
+    samples = GridVQA(seed=cfg.data_seed).split("test", cfg.samples)
+    timed = samples[: cfg.latency_requests]
+    scores, latency, table = {}, {}, {}
+    types = sorted({s.qtype for s in samples})
+    print(f"{'setting':<14}{'ms':>7}{'all':>7}" + "".join(f"{t:>10}" for t in types))
+    for knobs in space.all():
+        scores[knobs] = score_setting(vlm, samples, knobs)
+        times = []
+        for s in timed:
+            inputs = vlm.inputs([s.image], [s.question], knobs.tier)
+            times += time_generate(vlm, inputs, knobs, warmup=1, repeats=cfg.latency_repeats)
+        latency[knobs] = float(np.median(times))
+        table[knobs] = by_type(samples, scores[knobs])
+        print(f"{str(knobs):<14}{latency[knobs]:>7.2f}{table[knobs]['all']:>7.3f}"
+              + "".join(f"{table[knobs][t]:>10.3f}" for t in types), flush=True)
+
+    acc = {k: v["all"] for k, v in table.items()}
+    full, cheap = space.full, space.cheapest
+    se = float(np.sqrt(0.25 / len(samples)))
+    violations = monotone_violations(space, acc, tolerance=2 * se)
+    oracle = oracle_cheapest(space.all(), scores, latency)
+    histogram = Counter(str(k) for k in oracle)
+    by_qtype = {t: Counter(str(k) for k, s in zip(oracle, samples) if s.qtype == t).most_common(3) for t in types}
+    targets = {
+        "full_accuracy": acc[full], "full_accuracy>=0.85": acc[full] >= 0.85,
+        "cheapest_accuracy": acc[cheap], "cheapest<=full-0.25": acc[cheap] <= acc[full] - 0.25,
+        "latency_ratio": latency[cheap] / latency[full], "latency_ratio<=0.5": latency[cheap] / latency[full] <= 0.5,
+        "monotone_violations(>2se)": violations, "monotone": not violations,
+    }
+    print("\noracle cheapest correct setting (all types):", histogram.most_common(8))
+    for t, common in by_qtype.items():
+        print(f"  {t}: {common}")
+    print("\ntargets:", json.dumps(targets, indent=2))
+    report = {"samples": len(samples), "split": "test", "targets": targets,
+              "settings": [{"knobs": str(k), "tier": k.tier, "top_k": k.top_k, "num_blocks": k.num_blocks,
+                            "latency_ms": latency[k], "accuracy": table[k]} for k in space.all()],
+              "oracle_histogram": dict(histogram), "oracle_by_type": {t: dict(c) for t, c in by_qtype.items()}}
+    out = Path(HydraConfig.get().runtime.output_dir) / "knob_report.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"report: {out}")
+
+
+if __name__ == "__main__":
+    main()

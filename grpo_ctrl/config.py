@@ -1,0 +1,195 @@
+"""Typed config schema (Hydra ConfigStore) and the invariants checked before anything loads.
+
+Hydra rejects unknown keys and wrong types through the schema; `validate` checks the relations between
+values and raises `ConfigError` with one line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from grpo_ctrl.data.synthetic import DEFAULT_MIX, QUESTION_TYPES
+
+
+class ConfigError(ValueError):
+    """An invalid combination of config values."""
+
+
+@dataclass
+class KnobSpaceConfig:
+    """Restrict or change the knob values; each null entry keeps the values saved with the model."""
+
+    tiers: dict[str, int] | None = None  # tier name -> patch-grid pooling factor (1 = all vision tokens)
+    top_ks: list[int] | None = None
+    num_blocks: list[int] | None = None
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # a directory saved by AdaptiveVLM.save_pretrained; null = the embedded VLM
+    knobs: KnobSpaceConfig = field(default_factory=KnobSpaceConfig)
+    dtype: str = "float32"
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    max_new_tokens: int = 2
+
+
+@dataclass
+class DataConfig:
+    name: str = "grid_vqa"
+    seed: int = 0
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    train_size: int = 2048  # distinct training prompts, cycled in a seeded order
+    val_size: int = 192  # validation prompts, each evaluated at every validation budget
+
+
+@dataclass
+class BudgetConfig:
+    unit: str = "fraction"  # fraction (of the full-knob latency of a typical request) | ms
+    train_min: float = 0.35  # training budgets are drawn uniformly from [train_min, train_max]
+    train_max: float = 1.05
+    val: list[float] = field(default_factory=lambda: [0.4, 0.55, 0.7, 0.85, 1.0])
+
+
+@dataclass
+class ControllerConfig:
+    hidden: int = 64
+    budget_frequencies: int = 8  # sinusoidal budget encoding
+    feature_dim: int = 32  # question / vision features are projected to this size
+
+
+@dataclass
+class RewardConfig:
+    name: str = "default"  # default | seed
+    violation_penalty: float = 2.0  # default: accuracy - violation_penalty * max(0, L - B) / B
+    latency_cost: float = 0.0  # default: optional - latency_cost * L / B
+    alpha: float = 1.0  # seed formula (see grpo_ctrl/reward.py)
+    beta: float = 0.5
+    gamma: float = 10.0
+    delta: float = 0.1
+    epsilon: float = 0.05
+
+
+@dataclass
+class LatencyConfig:
+    name: str = "estimator"
+    train: str = "estimator"  # estimator | measured   (latency behind the training reward)
+    val: str = "estimator"  # estimator | measured | hooked
+    estimator_path: str | None = None  # null = the estimator shipped with the embedded VLM
+    warmup: int = 1  # measured / hooked: untimed runs before timing
+    repeats: int = 3  # measured: timed runs per request (median)
+
+
+@dataclass
+class ParallelConfig:
+    name: str = "single"  # single | dp | ddp
+    nproc: int = 1  # ddp: worker processes to start when not under torchrun / SLURM
+    backend: str = "auto"  # ddp: auto (nccl on GPU, gloo on CPU) | gloo | nccl
+    devices: list[str] = field(default_factory=list)  # dp: replica devices, e.g. [cuda:0, cuda:1]
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | none
+    mode: str = "offline"  # online | offline | disabled
+    project: str = "grpo-ctrl"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GRPOConfig:
+    advantage: str = "group"  # group | batch | none
+    epsilon: float = 0.2  # PPO-style clip range
+    num_iterations: int = 2  # optimisation passes over each rollout batch
+    beta: float = 0.0  # KL to the frozen initial controller
+    entropy_coef: float = 0.01
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    controller: ControllerConfig = MISSING
+    reward: RewardConfig = MISSING
+    latency: LatencyConfig = MISSING
+    parallel: ParallelConfig = MISSING
+    logger: LoggerConfig = MISSING
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    budgets: BudgetConfig = field(default_factory=BudgetConfig)
+    group_size: int = 8  # knob settings sampled per (prompt, budget)
+    prompts_per_step: int = 16  # (prompt, budget) pairs per optimiser step, over all ranks
+    lr: float = 3e-3
+    steps: int = 300
+    val_every: int = 100
+    ckpt_every: int = 50
+    seed: int = 0
+    resume: bool = True  # continue from <run dir>/checkpoints/last.pt when it exists
+    threads: int = 2  # torch intra-op threads per process
+    progress: bool = True
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, node in [("model", ModelConfig), ("data", DataConfig), ("controller", ControllerConfig),
+                        ("reward", RewardConfig), ("latency", LatencyConfig), ("parallel", ParallelConfig),
+                        ("logger", LoggerConfig)]:
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+_CHOICES = {
+    "reward.name": ("default", "seed"),
+    "latency.train": ("estimator", "measured"),
+    "latency.val": ("estimator", "measured", "hooked"),
+    "parallel.name": ("single", "dp", "ddp"),
+    "parallel.backend": ("auto", "gloo", "nccl"),
+    "logger.name": ("wandb", "none"),
+    "logger.mode": ("online", "offline", "disabled"),
+    "grpo.advantage": ("group", "batch", "none"),
+    "budgets.unit": ("fraction", "ms"),
+    "model.dtype": ("float32", "float16", "bfloat16"),
+}
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
+    """Check relations between values; one clear line per problem (the first one found)."""
+    for key, allowed in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        _require(value in allowed, f"{key}={value!r} is not supported; use one of {list(allowed)}")
+    _require(cfg.group_size >= 2, f"group_size={cfg.group_size}: GRPO needs >= 2 samples per group to compare; "
+             "set group_size=2 or more")
+    _require(cfg.prompts_per_step >= 1, f"prompts_per_step={cfg.prompts_per_step} must be >= 1")
+    _require(cfg.prompts_per_step % world_size == 0,
+             f"prompts_per_step={cfg.prompts_per_step} is not divisible by the {world_size} ranks; groups never "
+             f"split across ranks, so use a multiple of {world_size}")
+    for key in ("steps", "val_every", "ckpt_every", "threads", "model.max_new_tokens", "data.train_size",
+                "data.val_size", "grpo.num_iterations", "controller.hidden"):
+        _require(OmegaConf.select(cfg, key) >= 1, f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+    _require(cfg.lr > 0, f"lr={cfg.lr} must be > 0")
+    _require(cfg.grpo.epsilon > 0, f"grpo.epsilon={cfg.grpo.epsilon} must be > 0")
+    b = cfg.budgets
+    _require(0 < b.train_min <= b.train_max, f"budgets.train_min={b.train_min}, budgets.train_max={b.train_max}: "
+             "need 0 < train_min <= train_max")
+    _require(len(b.val) >= 1 and all(v > 0 for v in b.val), f"budgets.val={list(b.val)}: list one or more budgets > 0")
+    unknown = set(cfg.data.mix) - set(QUESTION_TYPES)
+    _require(not unknown, f"data.mix has unknown question types {sorted(unknown)}; use {list(QUESTION_TYPES)}")
+    knobs = cfg.model.knobs
+    if knobs.tiers is not None:
+        _require(len(knobs.tiers) >= 1 and all(p >= 1 for p in knobs.tiers.values()),
+                 f"model.knobs.tiers={dict(knobs.tiers)}: map each tier name to a pooling factor >= 1")
+    for key in ("top_ks", "num_blocks"):
+        values = knobs[key]
+        if values is not None:
+            _require(len(values) >= 1 and all(v >= 1 for v in values),
+                     f"model.knobs.{key}={list(values)}: list one or more values >= 1")
+    if cfg.parallel.name == "dp":
+        _require(len(cfg.parallel.devices) != 1, "parallel.devices lists one device; dp needs >= 2 (or [] for auto)")
