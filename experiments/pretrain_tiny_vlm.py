@@ -174,7 +174,8 @@ def main(cfg: DictConfig) -> None:
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, step])
         first = step * cfg.batch_size
-        groups = [data.image_questions("train", i, cfg.questions_per_image) for i in range(first, first + cfg.batch_size)]
+        groups = [data.image_questions("train", i, cfg.questions_per_image)
+                  for i in range(first, first + cfg.batch_size)]
         pool, top_k, keep = sample_setting(rng, vlm, cfg)
         vlm.set_pool(pool)
         vlm.set_top_k(top_k)
@@ -195,7 +196,8 @@ def main(cfg: DictConfig) -> None:
         vlm.set_knobs(vlm.knob_space.full)
         step += 1
         if step % 50 == 0:
-            print(f"step {step} loss {answer_loss.item():.3f} aux {aux_loss.item():.3f} {(time.time() - t0) / 50 * 1000:.0f} ms/step", flush=True)
+            ms = (time.time() - t0) / 50 * 1000
+            print(f"step {step} loss {answer_loss.item():.3f} aux {aux_loss.item():.3f} {ms:.0f} ms/step", flush=True)
             t0 = time.time()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             report = evaluate(vlm, val, settings)

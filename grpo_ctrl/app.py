@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import random
 import sys
+from pathlib import Path
 
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from grpo_ctrl.build import build_data, build_vlm
 from grpo_ctrl.config import ConfigError, validate
+from grpo_ctrl.controller import build_controller
+from grpo_ctrl.latency import make_latency_provider
+from grpo_ctrl.parallel import ParallelContext
+from grpo_ctrl.report import build_report, static_settings, write_report
+from grpo_ctrl.reward import make_reward
+from grpo_ctrl.rollout import Prompt, RolloutEngine
+from grpo_ctrl.tracking import NullTracker, Tracker
+from grpo_ctrl.trainer import JointGRPOTrainer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def run(cfg: DictConfig) -> None:
@@ -15,4 +35,63 @@ def run(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(OmegaConf.to_yaml(cfg))
+    if cfg.parallel.name != "single":
+        print(f"config error: parallel={cfg.parallel.name} is not available in this version; use parallel=single",
+              file=sys.stderr)
+        sys.exit(2)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    train(cfg, run_dir, ParallelContext())
+
+
+def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    vlm = build_vlm(cfg.model)
+    data = build_data(cfg.data)
+    engine = RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens)
+    hidden = vlm.model.config.text_config.hidden_size
+    controller = build_controller(cfg.controller, vlm.knob_space, question_dim=hidden, vision_dim=hidden)
+    train_latency = make_latency_provider(cfg.latency.train, vlm, cfg.latency)
+    val_latency = make_latency_provider(cfg.latency.val, vlm, cfg.latency)
+    train_pool = [Prompt(("train", i), data.sample("train", i)) for i in range(cfg.data.train_size)]
+    val_pool = [Prompt(("val", i), data.sample("val", i)) for i in range(cfg.data.val_size)]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    trainer = JointGRPOTrainer(cfg, engine, controller, train_latency, val_latency, make_reward(cfg.reward),
+                               train_pool, val_pool, run_dir, ctx)
+    resumed = trainer.maybe_resume()
+    if ctx.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        n_params = sum(p.numel() for p in controller.parameters())
+        print(f"run dir: {run_dir}\ncontroller: {n_params} parameters; reference (full-knob) latency "
+              f"{trainer.ref_ms:.2f} ms" + (f"; resumed at step {trainer.step}" if resumed else ""), flush=True)
+        trainer.tracker = Tracker(run_dir, cfg.logger, resolved, name=run_dir.name,
+                                  resume_step=trainer.step if resumed else None)
+    else:
+        trainer.tracker = NullTracker()
+    try:
+        controller_report = trainer.fit()
+        report = None
+        if ctx.is_main:
+            torch.save({"state_dict": controller.state_dict(), "knob_space": vlm.knob_space.to_dict(),
+                        "reference_latency_ms": trainer.ref_ms, "config": resolved}, run_dir / "controller.pt")
+            n_timed = None if cfg.latency.val == "estimator" else 16
+            report = build_report(trainer, controller_report, static_settings(trainer, val_latency, n_timed),
+                                  seed=cfg.seed)
+            report["latency_source"] = cfg.latency.val
+            json_path, png_path = write_report(report, run_dir)
+            print(summary(report))
+            print(f"outputs: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  controller: "
+                  f"{run_dir / 'controller.pt'}\n  report: {json_path}, {png_path}", flush=True)
+        return report or {}
+    finally:
+        trainer.tracker.finish()
+
+
+def summary(report: dict) -> str:
+    lines = [f"{'budget':>8} {'ms':>7} {'ctrl acc':>9} {'viol':>6} {'static acc':>11} {'static':>14} {'random':>7}"]
+    for frac, b in report["budgets"].items():
+        best = b["best_static"] or {"accuracy": float("nan"), "knobs": "-"}
+        lines.append(f"{frac:>8} {b['budget_ms']:>7.2f} {b['controller']['accuracy']:>9.3f} "
+                     f"{b['controller']['violation_rate']:>6.3f} {best['accuracy']:>11.3f} {best['knobs']:>14} "
+                     f"{b['random']['budgeted_accuracy']:>7.3f}")
+    return "\n".join(lines)

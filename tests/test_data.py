@@ -34,7 +34,8 @@ def test_answers_match_the_image():
     gen = GridVQA(noise=0)
     for s in gen.split("val", 200):
         if s.qtype == "cell":
-            r, c = (int(w[3:]) for w in s.question.split()[-2:])
+            word = s.question.split()[-1]
+            r, c = int(word[1]), int(word[3])
             pixel = tuple(int(v) for v in s.image[r * 8 + 4, c * 8 + 4])
             assert gen.palette[gen.colour_names.index(s.answer)].tolist() == list(pixel)
 
@@ -55,7 +56,7 @@ def test_metrics_normalise_and_score():
 
 def test_tokenizer_round_trip(tmp_path):
     tok = build_tokenizer(vocabulary())
-    text = "are the topleft and bottomright quadrants the same colour"
+    text = "are the topleft and bottomright quadrants the same colour r3c5"
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text and tok.unk_token_id not in ids
     tok.save_pretrained(tmp_path)

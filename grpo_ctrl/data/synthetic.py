@@ -27,7 +27,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 QUADRANTS = ("topleft", "topright", "bottomleft", "bottomright")
 QUESTION_TYPES = ("quadrant", "cell", "same", "count")
-DEFAULT_MIX = {"quadrant": 0.2, "cell": 0.35, "same": 0.25, "count": 0.2}
+DEFAULT_MIX = {"quadrant": 0.2, "cell": 0.35, "same": 0.2, "count": 0.25}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 GRID = 8
@@ -55,9 +55,14 @@ def vocabulary() -> list[str]:
     words = ["what", "colour", "is", "the", "quadrant", "cell", "are", "and", "quadrants", "same"]
     words += ["how", "many", "yes", "no"]
     words += list(COLOURS) + list(QUADRANTS)
-    words += [f"row{i}" for i in range(GRID)] + [f"col{i}" for i in range(GRID)]
+    words += [cell_token(r, c) for r in range(GRID) for c in range(GRID)]
     words += [str(i) for i in range(len(QUADRANTS) + 1)]
     return list(dict.fromkeys(words))
+
+
+def cell_token(row: int, col: int) -> str:
+    """One word per cell, so a cell question is a single lookup for the model."""
+    return f"r{row}c{col}"
 
 
 def _quadrant_cells(q: int) -> tuple[slice, slice]:
@@ -138,7 +143,7 @@ class GridVQA:
             r, c = odd[rng.integers(len(odd))]
         else:
             r, c = rng.integers(GRID, size=2)
-        return f"what colour is cell row{r} col{c}", self.colour_names[grid[r, c]]
+        return f"what colour is cell {cell_token(r, c)}", self.colour_names[grid[r, c]]
 
     def _ask_same(self, rng, grid, dominant):
         same_pairs = [(a, b) for a in range(4) for b in range(a + 1, 4) if dominant[a] == dominant[b]]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from grpo_ctrl.knobs import Knobs
+from grpo_ctrl.latency.base import Request, require_inputs
 from grpo_ctrl.latency.clock import now
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,17 @@ class LatencyStats:
     @classmethod
     def of(cls, samples_ms) -> LatencyStats:
         x = np.asarray(samples_ms, dtype=float)
+        if x.size == 0:
+            raise ValueError("LatencyStats.of needs at least one sample")
         p50, p90, p99 = np.percentile(x, [50, 90, 99])
-        return cls(float(p50), float(p90), float(p99), float(x.mean()), float(x.std() / x.mean()), len(x))
+        mean = float(x.mean())
+        return cls(float(p50), float(p90), float(p99), mean, float(x.std() / mean) if mean else 0.0, len(x))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def time_generate(vlm: AdaptiveVLM, inputs: dict, knobs: Knobs, warmup: int = 2, repeats: int = 5,
+def time_generate(vlm, inputs: dict, knobs: Knobs, warmup: int = 2, repeats: int = 5,
                   max_new_tokens: int = 2, min_new_tokens: int | None = None) -> list[float]:
     """Wall times (ms) of `repeats` full generate() calls on `inputs` (batch 1), after `warmup` untimed calls."""
     if inputs["input_ids"].shape[0] != 1:
@@ -44,3 +48,36 @@ def time_generate(vlm: AdaptiveVLM, inputs: dict, knobs: Knobs, warmup: int = 2,
         if i >= warmup:
             times.append(elapsed)
     return times
+
+
+class MeasuredLatency:
+    """Latency provider that times full generate() calls: per request `warmup` untimed calls, then the median
+    of `repeats` timed ones, with exactly `generated_tokens` new tokens (min_new_tokens == max_new_tokens).
+
+    `last_stats` keeps the `LatencyStats` (p50/p90/p99/CV) of each request of the last `latency_ms` call.
+    """
+
+    name = "measured"
+    needs_inputs = True
+
+    def __init__(self, vlm, warmup: int = 1, repeats: int = 3):
+        if warmup < 0 or repeats < 1:
+            raise ValueError(f"measured latency: warmup={warmup} must be >= 0 and repeats={repeats} >= 1")
+        self.vlm = vlm
+        self.warmup = warmup
+        self.repeats = repeats
+        self.last_stats: list[LatencyStats] = []
+
+    def measure(self, request: Request) -> LatencyStats:
+        device = self.vlm.model.device
+        inputs = {k: v.to(device) for k, v in require_inputs(request, self.name).items()}
+        n = request.generated_tokens
+        return LatencyStats.of(time_generate(self.vlm, inputs, request.knobs, warmup=self.warmup,
+                                             repeats=self.repeats, max_new_tokens=n, min_new_tokens=n))
+
+    def stats(self, requests: Sequence[Request]) -> list[LatencyStats]:
+        self.last_stats = [self.measure(r) for r in requests]
+        return self.last_stats
+
+    def latency_ms(self, requests: Sequence[Request]) -> np.ndarray:
+        return np.array([s.p50 for s in self.stats(requests)], dtype=float)

@@ -199,7 +199,7 @@ class AdaptiveVLM:
         new = out[:, inputs["input_ids"].shape[1]:]
         is_eos = new == eos
         ended = is_eos.any(dim=1)
-        lengths = torch.where(ended, is_eos.int().argmax(dim=1) + 1, torch.full_like(ended, new.shape[1], dtype=torch.long))
+        lengths = torch.where(ended, is_eos.int().argmax(dim=1) + 1, new.shape[1])
         return Generation(self.processor.decode_answers(new), new, lengths.tolist(), ended.tolist())
 
     def answer(self, images, questions: Sequence[str], knobs: Knobs, **kwargs) -> Generation:

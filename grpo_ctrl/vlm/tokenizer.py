@@ -36,7 +36,8 @@ class VLMProcessor:
 
     def num_image_tokens(self, pool: int) -> int:
         if self.patch_grid % pool:
-            raise ValueError(f"pooling factor {pool} does not divide the {self.patch_grid}x{self.patch_grid} patch grid")
+            grid = self.patch_grid
+            raise ValueError(f"pooling factor {pool} does not divide the {grid}x{grid} patch grid")
         return (self.patch_grid // pool) ** 2
 
     def pixel_values(self, images: Sequence[np.ndarray]) -> torch.Tensor:

@@ -1,0 +1,79 @@
+"""Overhead of hooked latency measurement: interleaved pairs of plain generate() and hooked generate()
+(LatencyExperiment.measure_inference_latency) on the same batch-1 request; prints the median ratio.
+
+    .venv/bin/python benchmarks/latency_overhead.py [--model DIR] [--pairs 30] [--new-tokens 8] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from grpo_ctrl.data import GridVQA
+from grpo_ctrl.experiment import LatencyExperiment
+from grpo_ctrl.latency.clock import now
+from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model dir (default: the embedded VLM)")
+    ap.add_argument("--pairs", type=int, default=30, help="interleaved plain/hooked pairs (>= 20)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=8, help="forced output length (min = max new tokens)")
+    ap.add_argument("--knobs", default="full", choices=["full", "cheapest"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if args.pairs < 20:
+        ap.error("--pairs must be >= 20")
+    torch.set_num_threads(args.threads)
+    vlm = AdaptiveVLM.from_pretrained(args.model)
+    vlm.model.to(args.device)
+    device = vlm.model.device
+    exp = LatencyExperiment(vlm=vlm)
+    knobs = getattr(vlm.knob_space, args.knobs)
+    sample = GridVQA().split("test", 1)[0]
+    inputs = {k: v.to(device) for k, v in exp.inputs_for(sample, knobs).items()}
+    n = args.new_tokens
+
+    def plain() -> float:
+        start = now(device)
+        vlm.generate(inputs, knobs, max_new_tokens=n, min_new_tokens=n)
+        return (now(device) - start) * 1000
+
+    def hooked() -> float:
+        start = now(device)
+        exp.measure_inference_latency(inputs, knobs, max_new_tokens=n, min_new_tokens=n)
+        return (now(device) - start) * 1000
+
+    for _ in range(args.warmup):
+        plain()
+        hooked()
+    p_ms, h_ms = [], []
+    for i in range(args.pairs):  # alternate which runs first so drift cancels
+        if i % 2:
+            h_ms.append(hooked())
+            p_ms.append(plain())
+        else:
+            p_ms.append(plain())
+            h_ms.append(hooked())
+    p_ms, h_ms = np.array(p_ms), np.array(h_ms)
+    ratios = h_ms / p_ms
+    t = exp.measure_inference_latency(inputs, knobs, max_new_tokens=n, min_new_tokens=n)
+    print(f"{knobs}, {n} new tokens, {args.pairs} interleaved pairs on {device} ({args.threads} threads)")
+    print(f"plain  generate: median {np.median(p_ms):.3f} ms (p10 {np.percentile(p_ms, 10):.3f}, "
+          f"p90 {np.percentile(p_ms, 90):.3f})")
+    print(f"hooked generate: median {np.median(h_ms):.3f} ms (p10 {np.percentile(h_ms, 10):.3f}, "
+          f"p90 {np.percentile(h_ms, 90):.3f})")
+    ratio = float(np.median(ratios))
+    print(f"median pair ratio hooked/plain: {ratio:.4f} (ratio of medians {np.median(h_ms) / np.median(p_ms):.4f}); "
+          f"target <= 1.02: {'met' if ratio <= 1.02 else 'NOT met'}")
+    print(f"one hooked run: vision {t.vision:.3f}, prefill {t.prefill:.3f}, decode {t.decode:.3f} "
+          f"({t.num_decode_steps} steps), other {t.other:.3f}, total {t.total:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Latency estimator: per-phase linear models fitted on a profile of hooked measurements.
+
+Phases and features (all counts at batch 1; T = prompt tokens = BOS + image + question tokens,
+B = num_blocks, K = top_k, N = generated tokens, p = KV length during a decode step):
+
+- vision  ~ [1, n_img, n_img^2]                                 (encoder + projector on the tier's tokens)
+- prefill ~ [1, T, T*B, T*B*K, B, B*K, T^2*B]                    (per-token, per-block, expert and attention work)
+- decode step ~ [1, B, B*K, B*p]; step i of N-1 has p = T + i   (summed in closed form over the steps)
+- other   ~ [1, N, B]                                           (generate() bookkeeping)
+
+total = vision + prefill + sum of the N-1 decode steps + other. Coefficients are non-negative (each feature
+counts work), fitted by least squares on relative error (rows weighted by 1/measured). Prediction is
+vectorised over numpy arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from grpo_ctrl.latency.base import Request
+from grpo_ctrl.vlm.adaptive import EMBEDDED_DIR
+
+ESTIMATOR_FILE = "latency_estimator.json"
+DEFAULT_ESTIMATOR_PATH = EMBEDDED_DIR / ESTIMATOR_FILE
+REFIT_COMMAND = "python experiments/profile_latency.py"
+FORMAT = "grpo_ctrl.latency_estimator"
+VERSION = 1
+
+FEATURES: dict[str, tuple[str, ...]] = {
+    "vision": ("1", "img", "img^2"),
+    "prefill": ("1", "T", "T*B", "T*B*K", "B", "B*K", "T^2*B"),
+    "decode_step": ("1", "B", "B*K", "B*p"),
+    "other": ("1", "N", "B"),
+}
+PHASES = ("vision", "prefill", "decode", "other")
+
+
+class EstimatorError(RuntimeError):
+    """The latency estimator file is missing or unusable (the message names the command that re-fits it)."""
+
+
+def _f(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def vision_features(image_tokens) -> np.ndarray:
+    n = _f(image_tokens)
+    return np.stack([np.ones_like(n), n, n * n], axis=-1)
+
+
+def prefill_features(prefill_tokens, num_blocks, top_k) -> np.ndarray:
+    t, b, k = np.broadcast_arrays(_f(prefill_tokens), _f(num_blocks), _f(top_k))
+    tb = t * b
+    return np.stack([np.ones_like(t), t, tb, tb * k, b, b * k, tb * t], axis=-1)
+
+
+def decode_step_features(num_blocks, top_k, kv_length) -> np.ndarray:
+    b, k, p = np.broadcast_arrays(_f(num_blocks), _f(top_k), _f(kv_length))
+    return np.stack([np.ones_like(b), b, b * k, b * p], axis=-1)
+
+
+def decode_sum_features(prefill_tokens, num_blocks, top_k, generated_tokens) -> np.ndarray:
+    """Sum of `decode_step_features` over the N-1 decode steps (p = T+1 .. T+N-1), in closed form."""
+    t, b, k, n = np.broadcast_arrays(_f(prefill_tokens), _f(num_blocks), _f(top_k), _f(generated_tokens))
+    steps = np.maximum(n - 1.0, 0.0)
+    sum_p = steps * t + steps * (steps + 1.0) / 2.0
+    return np.stack([steps, steps * b, steps * b * k, b * sum_p], axis=-1)
+
+
+def other_features(generated_tokens, num_blocks) -> np.ndarray:
+    n, b = np.broadcast_arrays(_f(generated_tokens), _f(num_blocks))
+    return np.stack([np.ones_like(n), n, b], axis=-1)
+
+
+def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
+    """Non-negative least squares min ||a x - b|| s.t. x >= 0 (Lawson-Hanson active set)."""
+    a, b = _f(a), _f(b)
+    m, n = a.shape
+    max_iter = max_iter or 30 * n
+    tol = 10 * np.finfo(float).eps * np.abs(a).sum(axis=0).max() * max(m, n)
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    w = a.T @ (b - a @ x)
+    it = 0
+    while (~passive).any() and np.max(np.where(passive, -np.inf, w)) > tol and it < max_iter:
+        passive[int(np.argmax(np.where(passive, -np.inf, w)))] = True
+        while it < max_iter:
+            it += 1
+            z = np.zeros(n)
+            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+            if np.all(z[passive] > 0):
+                x = z
+                break
+            neg = passive & (z <= 0)
+            alpha = np.min(x[neg] / (x[neg] - z[neg]))
+            x = x + alpha * (z - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+        w = a.T @ (b - a @ x)
+    return x
+
+
+def fit_nonneg(features: np.ndarray, target: np.ndarray, relative: bool = True) -> np.ndarray:
+    """Non-negative coefficients of `features @ coef ~= target`, on relative error when `relative`."""
+    x, y = _f(features), _f(target)
+    if x.shape[0] == 0:
+        return np.zeros(x.shape[1])
+    w = 1.0 / np.maximum(np.abs(y), 1e-9) if relative else np.ones_like(y)
+    xw, yw = x * w[:, None], y * w
+    scale = np.abs(xw).max(axis=0)
+    scale[scale == 0] = 1.0
+    return nnls(xw / scale, yw) / scale
+
+
+class LatencyEstimator:
+    """Predicts per-phase and end-to-end latency (ms) from knobs and token counts, vectorised."""
+
+    def __init__(self, coef: Mapping[str, Sequence[float]], meta: dict | None = None):
+        self.coef = {}
+        for phase, names in FEATURES.items():
+            if phase not in coef:
+                raise ValueError(f"latency estimator has no coefficients for phase {phase!r}")
+            c = _f(coef[phase])
+            if c.shape != (len(names),) or not np.all(np.isfinite(c)):
+                raise ValueError(f"phase {phase!r} needs {len(names)} finite coefficients {names}, got {list(c)}")
+            self.coef[phase] = c
+        self.meta = dict(meta or {})
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, image_tokens, prompt_tokens, generated_tokens, top_k, num_blocks) -> dict[str, np.ndarray]:
+        """Per-phase ms (`vision`, `prefill`, `decode`, `other`, `total`, `decode_per_token`) for arrays of
+        requests; inputs broadcast against each other."""
+        img, prm, n, k, b = np.broadcast_arrays(_f(image_tokens), _f(prompt_tokens), _f(generated_tokens),
+                                                _f(top_k), _f(num_blocks))
+        t = prm
+        out = {
+            "vision": vision_features(img) @ self.coef["vision"],
+            "prefill": prefill_features(t, b, k) @ self.coef["prefill"],
+            "decode": decode_sum_features(t, b, k, n) @ self.coef["decode_step"],
+            "other": other_features(n, b) @ self.coef["other"],
+        }
+        out["total"] = out["vision"] + out["prefill"] + out["decode"] + out["other"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["decode_per_token"] = np.where(n > 1, out["decode"] / np.maximum(n - 1, 1), 0.0)
+        return out
+
+    def predict_total(self, image_tokens, prompt_tokens, generated_tokens, top_k, num_blocks) -> np.ndarray:
+        img, prm, n, k, b = np.broadcast_arrays(_f(image_tokens), _f(prompt_tokens), _f(generated_tokens),
+                                                _f(top_k), _f(num_blocks))
+        t = prm
+        return (vision_features(img) @ self.coef["vision"] + prefill_features(t, b, k) @ self.coef["prefill"]
+                + decode_sum_features(t, b, k, n) @ self.coef["decode_step"]
+                + other_features(n, b) @ self.coef["other"])
+
+    def decode_step_ms(self, num_blocks, top_k, kv_length) -> np.ndarray:
+        return decode_step_features(num_blocks, top_k, kv_length) @ self.coef["decode_step"]
+
+    def predict_requests(self, requests: Sequence[Request]) -> dict[str, np.ndarray]:
+        return self.predict(*request_arrays(requests))
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "features": {p: list(n) for p, n in FEATURES.items()},
+                "coef": {p: [float(v) for v in c] for p, c in self.coef.items()}, "meta": self.meta}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> LatencyEstimator:
+        """Load a fitted estimator (default: the embedded VLM's). Missing or unusable -> one-line `EstimatorError`."""
+        path = Path(path) if path is not None else DEFAULT_ESTIMATOR_PATH
+        fix = f"fit it with `{REFIT_COMMAND}` (model_path=DIR for another model) or set latency.estimator_path"
+        if not path.is_file():
+            raise EstimatorError(f"latency estimator {path} not found; {fix}")
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"not a {FORMAT} file")
+            if data.get("version") != VERSION:
+                raise ValueError(f"version {data.get('version')!r}, this code reads version {VERSION}")
+            saved = {p: tuple(n) for p, n in data["features"].items()}
+            if saved != FEATURES:
+                raise ValueError("its features differ from this code's")
+            return cls(data["coef"], data.get("meta"))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise EstimatorError(f"latency estimator {path} is unusable ({reason}); re-{fix}") from None
+
+
+def request_arrays(requests: Sequence[Request]) -> tuple[np.ndarray, ...]:
+    """(image_tokens, prompt_tokens, generated_tokens, top_k, num_blocks) arrays of `requests`."""
+    a = np.array([(r.image_tokens, r.prompt_tokens, r.generated_tokens, r.knobs.top_k, r.knobs.num_blocks)
+                  for r in requests], dtype=np.float64).reshape(-1, 5)
+    return tuple(a.T)
+
+
+# ---------------------------------------------------------------------- fitting
+PROFILE_KEYS = ("image_tokens", "prompt_tokens", "generated_tokens", "top_k", "num_blocks")
+
+
+def _col(rows: Sequence[Mapping], key: str) -> np.ndarray:
+    return np.array([r[key] for r in rows], dtype=np.float64)
+
+
+def fit_estimator(rows: Iterable[Mapping], meta: dict | None = None) -> LatencyEstimator:
+    """Fit every phase on profile rows: dicts with `PROFILE_KEYS`, the phases `vision`, `prefill`, `decode`,
+    `other` (ms) and `decode_steps_ms` (ms of each decode step, N-1 of them)."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("fit_estimator: the profile is empty")
+    img, t, n, k, b = (_col(rows, key) for key in PROFILE_KEYS)
+    coef = {
+        "vision": fit_nonneg(vision_features(img), _col(rows, "vision")),
+        "prefill": fit_nonneg(prefill_features(t, b, k), _col(rows, "prefill")),
+        "other": fit_nonneg(other_features(n, b), _col(rows, "other")),
+    }
+    step_b, step_k, step_p, step_y = [], [], [], []
+    for r, ti in zip(rows, t):
+        for i, ms in enumerate(r.get("decode_steps_ms") or (), start=1):
+            step_b.append(r["num_blocks"])
+            step_k.append(r["top_k"])
+            step_p.append(ti + i)
+            step_y.append(ms)
+    coef["decode_step"] = fit_nonneg(decode_step_features(step_b, step_k, step_p), step_y)
+    return LatencyEstimator(coef, {**(meta or {}), "fitted_rows": len(rows), "fitted_decode_steps": len(step_y)})
+
+
+def abs_pct_errors(pred, true) -> np.ndarray:
+    pred, true = _f(pred), _f(true)
+    return 100.0 * np.abs(pred - true) / np.maximum(np.abs(true), 1e-12)
+
+
+def evaluate(estimator: LatencyEstimator, rows: Sequence[Mapping]) -> dict[str, float]:
+    """Held-out accuracy: MAPE (%) per phase and end-to-end, p90 abs % error end-to-end, decode-per-token MAPE."""
+    rows = list(rows)
+    if not rows:
+        return {}
+    pred = estimator.predict(*(_col(rows, key) for key in PROFILE_KEYS))
+    n = _col(rows, "generated_tokens")
+    out = {"rows": float(len(rows))}
+    for phase in ("vision", "prefill", "total"):
+        out[f"{phase}_mape"] = float(abs_pct_errors(pred[phase], _col(rows, phase)).mean())
+    multi = n > 1
+    if multi.any():
+        measured = _col(rows, "decode")[multi]
+        out["decode_mape"] = float(abs_pct_errors(pred["decode"][multi], measured).mean())
+        out["decode_per_token_mape"] = float(abs_pct_errors(pred["decode_per_token"][multi],
+                                                            measured / (n[multi] - 1)).mean())
+    out["other_mape"] = float(abs_pct_errors(pred["other"], _col(rows, "other")).mean())
+    errors = abs_pct_errors(pred["total"], _col(rows, "total"))
+    out["total_p90_abs_pct"] = float(np.percentile(errors, 90))
+    out["total_max_abs_pct"] = float(errors.max())
+    return out
+
+
+class EstimatorLatency:
+    """Latency provider backed by a fitted `LatencyEstimator` (no model run; vectorised)."""
+
+    name = "estimator"
+    needs_inputs = False
+
+    def __init__(self, estimator: LatencyEstimator):
+        self.estimator = estimator
+
+    @classmethod
+    def from_path(cls, path: str | Path | None = None) -> EstimatorLatency:
+        return cls(LatencyEstimator.load(path))
+
+    def latency_ms(self, requests: Sequence[Request]) -> np.ndarray:
+        return self.estimator.predict_total(*request_arrays(requests))
+
+    def phases(self, requests: Sequence[Request]) -> dict[str, np.ndarray]:
+        return self.estimator.predict_requests(requests)

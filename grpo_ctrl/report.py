@@ -1,0 +1,90 @@
+"""Validation report: the controller per budget against the best static setting and uniformly random knobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from grpo_ctrl.trainer import JointGRPOTrainer
+
+
+def static_settings(trainer: JointGRPOTrainer, provider, latency_requests: int | None = None) -> list[dict]:
+    """Accuracy of every fixed knob setting on the val prompts, and its mean latency from `provider`
+    (over the first `latency_requests` prompts when measuring is expensive)."""
+    prompts = trainer.val_pool
+    timed = prompts if latency_requests is None else prompts[:latency_requests]
+    rows = []
+    for knobs in trainer.space.all():
+        outcomes = trainer.engine.run(prompts, [knobs] * len(prompts))
+        lat = trainer.latency(provider, timed, [knobs] * len(timed), outcomes[: len(timed)])
+        rows.append({"knobs": str(knobs), "accuracy": float(np.mean([o.score for o in outcomes])),
+                     "mean_latency_ms": float(lat.mean()), "latency": lat, "scores": [o.score for o in outcomes]})
+    return rows
+
+
+def build_report(trainer: JointGRPOTrainer, controller_report: dict, statics: list[dict], seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {"reference_latency_ms": trainer.ref_ms, "budgets": {}}
+    n_timed = len(statics[0]["latency"])
+    for frac, ctrl in controller_report.items():
+        budget = ctrl["budget_ms"]
+        feasible = [s for s in statics if s["mean_latency_ms"] <= budget]
+        best = max(feasible, key=lambda s: s["accuracy"]) if feasible else None
+        # Uniformly random knobs per request (on the timed prompts, where each setting's latency is known).
+        pick = rng.integers(len(statics), size=n_timed)
+        rand_score = np.array([statics[j]["scores"][i] for i, j in enumerate(pick)])
+        rand_lat = np.array([statics[j]["latency"][i] for i, j in enumerate(pick)])
+        out["budgets"][frac] = {
+            "budget_ms": budget,
+            "controller": {k: ctrl[k] for k in ("accuracy", "violation_rate", "budgeted_accuracy", "latency_p50_ms",
+                                                "latency_p90_ms", "knobs")},
+            "best_static": None if best is None else {
+                "knobs": best["knobs"], "accuracy": best["accuracy"], "mean_latency_ms": best["mean_latency_ms"],
+                "violation_rate": float((best["latency"] > budget).mean())},
+            "random": {"accuracy": float(rand_score.mean()), "violation_rate": float((rand_lat > budget).mean()),
+                       "budgeted_accuracy": float((rand_score * (rand_lat <= budget)).mean())},
+        }
+        b = out["budgets"][frac]
+        b["controller_beats_best_static"] = best is None or ctrl["accuracy"] >= best["accuracy"]
+    out["static_settings"] = [{k: v for k, v in s.items() if k not in ("latency", "scores")} for s in statics]
+    return out
+
+
+def write_report(report: dict, run_dir: Path) -> tuple[Path, Path]:
+    run_dir = Path(run_dir)
+    json_path = run_dir / "val_report.json"
+    json_path.write_text(json.dumps(report, indent=2))
+    png_path = run_dir / "val_report.png"
+    plot_report(report, png_path)
+    return json_path, png_path
+
+
+def plot_report(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = report["budgets"]
+    x = np.array([b["budget_ms"] for b in budgets.values()])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(x, [b["controller"]["accuracy"] for b in budgets.values()], "o-", label="controller")
+    ax1.plot(x, [b["best_static"]["accuracy"] if b["best_static"] else np.nan for b in budgets.values()], "s--",
+             label="best static meeting budget")
+    ax1.plot(x, [b["random"]["budgeted_accuracy"] for b in budgets.values()], "^:", label="random (within budget)")
+    ax1.set_xlabel("budget (ms)")
+    ax1.set_ylabel("accuracy")
+    ax1.legend()
+    ax1.set_title("accuracy per budget")
+    ax2.plot(x, x, "k:", label="budget")
+    ax2.plot(x, [b["controller"]["latency_p50_ms"] for b in budgets.values()], "o-", label="controller p50")
+    ax2.plot(x, [b["controller"]["latency_p90_ms"] for b in budgets.values()], "o--", label="controller p90")
+    ax2.set_xlabel("budget (ms)")
+    ax2.set_ylabel("latency (ms)")
+    ax2.legend()
+    ax2.set_title("latency per budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,38 @@
+"""Rewards: accuracy against latency under a per-request budget (vectorised over rollouts)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+RewardFn = Callable[..., np.ndarray]
+
+
+def default_reward(accuracy, latency, budget, complexity=None, violation_penalty: float = 2.0,
+                   latency_cost: float = 0.0) -> np.ndarray:
+    """accuracy - violation_penalty * max(0, L - B) / B - latency_cost * L / B."""
+    accuracy, latency, budget = (np.asarray(x, dtype=float) for x in (accuracy, latency, budget))
+    over = np.maximum(0.0, latency - budget) / budget
+    return accuracy - violation_penalty * over - latency_cost * latency / budget
+
+
+def seed_reward(accuracy, latency, budget, complexity, alpha: float = 1.0, beta: float = 0.5, gamma: float = 10.0,
+                delta: float = 0.1, epsilon: float = 0.05) -> np.ndarray:
+    """The origin's formula: alpha*A - beta*sigmoid(10(L/B-1)) - gamma*(max(0,L-B)/B)^2 - epsilon*complexity
+    + [L<=B]*delta*(1-L/B). `complexity` is the knob setting's cost in [0, 1]."""
+    accuracy, latency, budget, complexity = (np.asarray(x, dtype=float) for x in (accuracy, latency, budget,
+                                                                                  complexity))
+    ratio = latency / budget
+    sigmoid = 1.0 / (1.0 + np.exp(-10.0 * (ratio - 1.0)))
+    over = np.maximum(0.0, latency - budget) / budget
+    bonus = np.where(latency <= budget, delta * (1.0 - ratio), 0.0)
+    return alpha * accuracy - beta * sigmoid - gamma * over**2 - epsilon * complexity + bonus
+
+
+def make_reward(cfg) -> RewardFn:
+    if cfg.name == "default":
+        return lambda a, lat, b, c=None: default_reward(a, lat, b, c, cfg.violation_penalty, cfg.latency_cost)
+    if cfg.name == "seed":
+        return lambda a, lat, b, c: seed_reward(a, lat, b, c, cfg.alpha, cfg.beta, cfg.gamma, cfg.delta, cfg.epsilon)
+    raise ValueError(f"reward.name={cfg.name!r} is unknown; use default or seed")

@@ -1,0 +1,227 @@
+"""JointGRPOTrainer: samples knob settings per (prompt, budget) group, scores them, and updates the controller."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from grpo_ctrl.checkpoint import load_checkpoint, save_checkpoint
+from grpo_ctrl.controller import TwoStageController
+from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
+from grpo_ctrl.knobs import Knobs
+from grpo_ctrl.latency import Request
+from grpo_ctrl.parallel import ParallelContext
+from grpo_ctrl.reward import RewardFn
+from grpo_ctrl.rollout import Outcome, Prompt, RolloutEngine
+
+
+def complexity(space, knobs: Sequence[Knobs]) -> np.ndarray:
+    """Cost of a setting in [0, 1]: mean of its normalised knob indices (the seed reward's term)."""
+    sizes = np.array([len(space.tier_names), len(space.top_ks), len(space.num_blocks)]) - 1
+    idx = np.array([space.index(k) for k in knobs], dtype=float)
+    return (idx / np.maximum(sizes, 1)).mean(axis=1)
+
+
+class JointGRPOTrainer:
+    def __init__(self, cfg, engine: RolloutEngine, controller: TwoStageController, train_latency, val_latency,
+                 reward: RewardFn, train_pool: Sequence[Prompt], val_pool: Sequence[Prompt], run_dir: Path,
+                 ctx: ParallelContext | None = None, tracker=None):
+        self.cfg = cfg
+        self.engine = engine
+        self.space = engine.vlm.knob_space
+        self.controller = controller
+        self.ctx = ctx or ParallelContext()
+        self.model = self.ctx.wrap(controller)
+        self.opt = torch.optim.AdamW(controller.parameters(), lr=cfg.lr)
+        self.ref = copy.deepcopy(controller).requires_grad_(False) if cfg.grpo.beta > 0 else None
+        self.train_latency, self.val_latency = train_latency, val_latency
+        self.reward = reward
+        self.train_pool, self.val_pool = list(train_pool), list(val_pool)
+        self.run_dir = Path(run_dir)
+        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self.tracker = tracker
+        self.step = 0
+        self.ref_ms = self._reference_latency()
+
+    # ------------------------------------------------------------ budgets and latency
+    def _reference_latency(self) -> float:
+        """Full-knob latency (ms) of a typical request: the unit of fractional budgets."""
+        if self.cfg.budgets.unit == "ms":
+            return 1.0
+        prompts = self.val_pool[:16]
+        knobs = [self.space.full] * len(prompts)
+        return float(np.median(self.latency(self.train_latency, prompts, knobs, self.engine.run(prompts, knobs))))
+
+    def latency(self, provider, prompts: Sequence[Prompt], knobs: Sequence[Knobs],
+                outcomes: Sequence[Outcome]) -> np.ndarray:
+        vlm = self.engine.vlm
+        requests = []
+        for p, k, o in zip(prompts, knobs, outcomes):
+            inputs = vlm.inputs([p.sample.image], [p.sample.question], k.tier) if provider.needs_inputs else None
+            requests.append(Request(k, o.image_tokens, o.prompt_tokens, o.generated_tokens, inputs))
+        return np.asarray(provider.latency_ms(requests), dtype=float)
+
+    def budget_ms(self, fractions) -> np.ndarray:
+        return np.asarray(fractions, dtype=float) * self.ref_ms
+
+    # ------------------------------------------------------------ policy helpers
+    def decide(self, prompts: Sequence[Prompt], budgets: np.ndarray, u: torch.Tensor | None = None):
+        """Knob settings for each (prompt, budget fraction); `u` (B, 3) uniforms sample, None is greedy."""
+        c = self.controller
+        b = torch.as_tensor(budgets, dtype=torch.float)
+        q = self.engine.question_features(prompts)
+        with torch.no_grad():
+            request = c.encode(b, q)
+            tiers = c.choose_tier(request, None if u is None else u[:, 0])
+            v = self.engine.vision_features(prompts, [self.space.tier_names[t] for t in tiers.tolist()])
+            actions = c.choose_rest(request, v, tiers, None if u is None else u[:, 1:])
+        return b, q, v, actions
+
+    # ------------------------------------------------------------ training
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, ctx, G = self.cfg, self.ctx, self.cfg.group_size
+        start = time.perf_counter()
+        # Every rank draws the same global batch and keeps its own contiguous block of whole groups.
+        rng = np.random.default_rng([cfg.seed, step])
+        idx = rng.choice(len(self.train_pool), size=cfg.prompts_per_step, replace=False)
+        fractions = rng.uniform(cfg.budgets.train_min, cfg.budgets.train_max, size=cfg.prompts_per_step)
+        uniforms = torch.from_numpy(rng.random((cfg.prompts_per_step, G, 3))).float()
+        per_rank = cfg.prompts_per_step // ctx.world_size
+        mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+        prompts = [self.train_pool[i] for i in idx[mine] for _ in range(G)]
+        assert len(prompts) == per_rank * G, "a GRPO group must never be split across ranks"
+        b, q, v, actions = self.decide(prompts, np.repeat(fractions[mine], G), uniforms[mine].reshape(-1, 3))
+        knobs = self.controller.to_knobs(actions)
+        outcomes = self.engine.run(prompts, knobs)
+        acc = np.array([o.score for o in outcomes])
+        lat = self.latency(self.train_latency, prompts, knobs, outcomes)
+        budget = self.budget_ms(b.numpy())
+        rewards = torch.as_tensor(self.reward(acc, lat, budget, complexity(self.space, knobs)), dtype=torch.float)
+        grouped = rewards.view(per_rank, G)
+        batch_std = None
+        if cfg.grpo.advantage == "batch":
+            stats = torch.tensor([rewards.sum(), (rewards**2).sum(), rewards.numel()], dtype=torch.float64)
+            s = ctx.all_reduce_sum(stats)
+            batch_std = float((s[1] / s[2] - (s[0] / s[2]) ** 2).clamp(min=0).sqrt())
+        adv = advantages(grouped, cfg.grpo.advantage, batch_std=batch_std).view(-1)
+        with torch.no_grad():
+            logp_old, _ = self.controller.log_prob(b, q, v, actions)
+            logp_ref = self.ref.log_prob(b, q, v, actions)[0] if self.ref is not None else None
+        for _ in range(cfg.grpo.num_iterations):
+            logp, entropy = self.model(b, q, v, actions)
+            parts = grpo_loss(logp, logp_old, adv, cfg.grpo.epsilon, entropy, cfg.grpo.entropy_coef, logp_ref,
+                              cfg.grpo.beta)
+            self.opt.zero_grad(set_to_none=True)
+            parts.loss.backward()
+            self.opt.step()
+        # Logged values cross ranks as sums and counts.
+        n = float(len(prompts))
+        sums = torch.tensor([rewards.sum(), (rewards**2).sum(), acc.sum(), lat.sum(), (lat > budget).sum(),
+                             frac_zero_std(grouped) * per_rank, parts.loss * n, parts.clip_frac * n, parts.kl * n,
+                             *(entropy.detach().sum(0)), n, per_rank], dtype=torch.float64)
+        s = ctx.all_reduce_sum(sums)
+        count, groups = s[-2], s[-1]
+        mean_r = s[0] / count
+        return {
+            "train/reward_mean": float(mean_r),
+            "train/reward_std": float((s[1] / count - mean_r**2).clamp(min=0).sqrt()),
+            "train/accuracy": float(s[2] / count), "train/latency_ms": float(s[3] / count),
+            "train/violation_rate": float(s[4] / count), "train/frac_reward_zero_std": float(s[5] / groups),
+            "train/loss": float(s[6] / count), "train/clip_frac": float(s[7] / count), "train/kl": float(s[8] / count),
+            "train/entropy_tier": float(s[9] / count), "train/entropy_top_k": float(s[10] / count),
+            "train/entropy_num_blocks": float(s[11] / count), "train/step_time_s": time.perf_counter() - start,
+        }
+
+    # ------------------------------------------------------------ validation
+    def validate(self, provider=None) -> dict:
+        """Greedy policy on the val prompts at every val budget; this rank's shard, gathered on all ranks."""
+        provider = provider or self.val_latency
+        shard = self.ctx.shard(self.val_pool)
+        rows = []
+        measured: dict = {}
+        for frac in self.cfg.budgets.val:
+            budgets = np.full(len(shard), frac)
+            *_, actions = self.decide(shard, budgets)
+            knobs = self.controller.to_knobs(actions)
+            outcomes = self.engine.run(shard, knobs)
+            todo = [i for i, (p, k) in enumerate(zip(shard, knobs)) if (p.key, k) not in measured]
+            if todo:
+                lat = self.latency(provider, [shard[i] for i in todo], [knobs[i] for i in todo],
+                                   [outcomes[i] for i in todo])
+                measured.update({(shard[i].key, knobs[i]): t for i, t in zip(todo, lat)})
+            for p, k, o in zip(shard, knobs, outcomes):
+                rows.append((frac, str(k), o.score, measured[(p.key, k)]))
+        rows = [r for part in self.ctx.all_gather_objects(rows) for r in part]
+        report = {}
+        for frac in self.cfg.budgets.val:
+            mine = [r for r in rows if r[0] == frac]
+            lat = np.array([r[3] for r in mine])
+            budget = float(self.budget_ms(frac))
+            report[f"{frac:g}"] = {
+                "budget_ms": budget, "accuracy": float(np.mean([r[2] for r in mine])),
+                "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p90_ms": float(np.percentile(lat, 90)),
+                "violation_rate": float((lat > budget).mean()),
+                "budgeted_accuracy": float(np.mean([r[2] * (r[3] <= budget) for r in mine])),
+                "knobs": dict(Counter(r[1] for r in mine).most_common()), "n": len(mine),
+            }
+        return report
+
+    @staticmethod
+    def flat_val_metrics(report: dict) -> dict[str, float]:
+        out = {}
+        for frac, m in report.items():
+            for key in ("accuracy", "latency_p50_ms", "latency_p90_ms", "violation_rate", "budgeted_accuracy"):
+                out[f"val/{key}@{frac}"] = m[key]
+        out["val/accuracy"] = float(np.mean([m["accuracy"] for m in report.values()]))
+        out["val/violation_rate"] = float(np.mean([m["violation_rate"] for m in report.values()]))
+        return out
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.ckpt_path, step=self.step, controller=self.controller.state_dict(),
+                            optimizer=self.opt.state_dict(), ref_ms=self.ref_ms,
+                            ref=self.ref.state_dict() if self.ref is not None else None)
+        self.ctx.barrier()
+
+    def maybe_resume(self) -> bool:
+        if not (self.cfg.resume and self.ckpt_path.exists()):
+            return False
+        state = load_checkpoint(self.ckpt_path)
+        self.controller.load_state_dict(state["controller"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.ref is not None and state["ref"] is not None:
+            self.ref.load_state_dict(state["ref"])
+        self.ref_ms = state["ref_ms"]
+        self.step = state["step"]
+        return True
+
+    # ------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", disable=not (cfg.progress and self.ctx.is_main),
+                   dynamic_ncols=True)
+        report = None
+        while self.step < cfg.steps:
+            metrics = self.train_step(self.step)
+            self.step += 1
+            last = self.step == cfg.steps
+            if self.step % cfg.val_every == 0 or last:
+                report = self.validate()
+                metrics.update(self.flat_val_metrics(report))
+            if self.tracker is not None:
+                self.tracker.log(metrics, self.step)
+            if self.step % cfg.ckpt_every == 0 or last:
+                self.save()
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}", acc=f"{metrics['train/accuracy']:.2f}",
+                            viol=f"{metrics['train/violation_rate']:.2f}")
+        bar.close()
+        return report if report is not None else self.validate()

@@ -1,0 +1,160 @@
+"""Hooked latency: phases of one generate() call, hooks always removed, providers count their runs."""
+
+import numpy as np
+import pytest
+
+from grpo_ctrl.data import GridVQA
+from grpo_ctrl.experiment import LatencyExperiment
+from grpo_ctrl.knobs import Knobs
+from grpo_ctrl.latency import HookedLatency, MeasuredLatency, PhaseTimer, PhaseTiming, Request
+
+
+@pytest.fixture
+def sample():
+    return GridVQA().split("test", 1)[0]
+
+
+def _hook_state(vlm):
+    mods = [vlm.model, vlm.model.model.vision_tower, vlm.model.model.multi_modal_projector]
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in mods]
+
+
+@pytest.mark.parametrize("knobs,n", [(Knobs("medium", 2, 3), 3), (Knobs("high", 4, 4), 1), (Knobs("low", 1, 2), 5)])
+def test_phases_of_one_generate_are_consistent(tiny_vlm, sample, knobs, n):
+    exp = LatencyExperiment(vlm=tiny_vlm)
+    t = exp.measure_inference_latency(sample, knobs, max_new_tokens=n, min_new_tokens=n)
+    assert isinstance(t, PhaseTiming)
+    assert min(t.vision, t.prefill, t.decode, t.other, *t.decode_steps_ms) >= 0
+    assert t.vision > 0 and t.prefill > 0 and t.total > 0
+    assert t.num_decode_steps == n - 1 and t.generated_tokens == n
+    assert t.decode == pytest.approx(sum(t.decode_steps_ms))
+    assert t.vision + t.prefill + t.decode + t.other == pytest.approx(t.total)
+    assert 0 < t.covered <= 1.0 + 1e-9
+    question = len(tiny_vlm.processor.question_ids([sample.question])[0])
+    assert t.image_tokens == tiny_vlm.num_image_tokens(knobs.tier)
+    assert t.prompt_tokens == 1 + t.image_tokens + question
+
+
+def test_pre_encoded_vision_has_zero_vision_phase(tiny_vlm, sample):
+    exp = LatencyExperiment(vlm=tiny_vlm)
+    knobs = Knobs("medium", 2, 4)
+    inputs = exp.inputs_for(sample, knobs)
+    feats = tiny_vlm.encode_vision(inputs["pixel_values"], "medium")
+    t = exp.measure_inference_latency(inputs, knobs, max_new_tokens=2, min_new_tokens=2, image_features=feats)
+    assert t.vision == 0 and t.prefill > 0 and t.num_decode_steps == 1
+
+
+def test_hooks_are_removed_when_generate_raises(tiny_vlm, sample, monkeypatch):
+    before = _hook_state(tiny_vlm)
+    during = []
+
+    def boom(*args, **kwargs):
+        during.append(_hook_state(tiny_vlm))
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tiny_vlm.model.lm_head, "forward", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        LatencyExperiment(vlm=tiny_vlm).measure_inference_latency(sample, Knobs("low", 1, 2), max_new_tokens=2)
+    assert during and during[0] != before  # the hooks were attached while generate ran
+    assert _hook_state(tiny_vlm) == before
+    assert tiny_vlm.knobs == tiny_vlm.knob_space.full  # the knobs context was restored too
+
+
+def test_hooks_are_removed_after_a_normal_call(tiny_vlm, sample):
+    before = _hook_state(tiny_vlm)
+    LatencyExperiment(vlm=tiny_vlm).measure_inference_latency(sample, Knobs("low", 1, 2), max_new_tokens=2)
+    assert _hook_state(tiny_vlm) == before
+
+
+def test_timer_reset_replaces_lists_and_hooks_still_record(tiny_vlm, sample):
+    inputs = tiny_vlm.inputs([sample.image], [sample.question], "low")
+    timer = PhaseTimer(tiny_vlm.model)
+    with timer:
+        timer.reset()
+        tiny_vlm.generate(inputs, Knobs("low", 1, 2), max_new_tokens=3, min_new_tokens=3)
+    assert len(timer.vision_intervals) == 1 and len(timer.forward_intervals) == 3
+    with pytest.raises(RuntimeError):
+        with timer:
+            timer.attach()
+    assert _hook_state(tiny_vlm)[0] == (0, 0)
+
+
+def test_phase_timing_median_is_per_field():
+    runs = [PhaseTiming(1, 2, 3, 1, 7, (1.0, 2.0), 4, 10, 3), PhaseTiming(3, 2, 5, 0, 10, (2.0, 3.0), 4, 10, 3),
+            PhaseTiming(2, 4, 4, 2, 12, (1.5, 2.5), 4, 10, 3)]
+    m = PhaseTiming.median(runs)
+    assert (m.vision, m.prefill, m.decode, m.other, m.total) == (2, 2, 4, 1, 10)
+    assert m.decode_steps_ms == (1.5, 2.5) and m.generated_tokens == 3
+
+
+class _FakeExperiment:
+    def __init__(self):
+        self.calls = []
+
+    def measure_inference_latency(self, inputs, knobs, max_new_tokens=None, min_new_tokens=None):
+        self.calls.append((max_new_tokens, min_new_tokens))
+        total = float(len(self.calls))
+        return PhaseTiming(0.0, 0.0, 0.0, total, total, (0.0,) * (max_new_tokens - 1), 4, 10, max_new_tokens)
+
+
+def test_hooked_provider_warms_up_repeats_and_takes_the_median():
+    exp = _FakeExperiment()
+    provider = HookedLatency(exp, warmup=2, repeats=3)
+    reqs = [Request(Knobs("low", 1, 2), 4, 10, 4, {"input_ids": None}),
+            Request(Knobs("low", 1, 2), 4, 10, 2, {"input_ids": None})]
+    out = provider.latency_ms(reqs)
+    assert len(exp.calls) == 10 and exp.calls[:5] == [(4, 4)] * 5 and exp.calls[5:] == [(2, 2)] * 5
+    np.testing.assert_allclose(out, [4.0, 9.0])  # medians of the timed calls 3..5 and 8..10
+    assert [p.generated_tokens for p in provider.last_phases] == [4, 2]
+    with pytest.raises(ValueError, match="inputs"):
+        provider.latency_ms([Request(Knobs("low", 1, 2), 4, 10, 2)])
+
+
+def test_hooked_provider_on_the_tiny_model(tiny_vlm, sample):
+    provider = HookedLatency(LatencyExperiment(vlm=tiny_vlm), warmup=0, repeats=1)
+    knobs = Knobs("high", 2, 3)
+    req = Request.for_vlm(tiny_vlm, tiny_vlm.inputs([sample.image], [sample.question], "high"), knobs, 3)
+    out = provider.latency_ms([req])
+    assert out.shape == (1,) and out[0] > 0
+    assert provider.last_phases[0].num_decode_steps == 2 and provider.last_phases[0].total == out[0]
+
+
+def test_measured_provider_respects_warmup_repeats_and_forced_length(tiny_vlm, sample, monkeypatch):
+    calls = []
+    original = tiny_vlm.generate
+
+    def counting(inputs, knobs, max_new_tokens=2, min_new_tokens=None, image_features=None):
+        calls.append((knobs, max_new_tokens, min_new_tokens))
+        return original(inputs, knobs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+
+    monkeypatch.setattr(tiny_vlm, "generate", counting)
+    inputs = tiny_vlm.inputs([sample.image], [sample.question], "low")
+    a, b = Knobs("low", 1, 2), Knobs("low", 4, 4)
+    provider = MeasuredLatency(tiny_vlm, warmup=2, repeats=3)
+    out = provider.latency_ms([Request.for_vlm(tiny_vlm, inputs, a, 3), Request.for_vlm(tiny_vlm, inputs, b, 1)])
+    assert calls == [(a, 3, 3)] * 5 + [(b, 1, 1)] * 5
+    assert out.shape == (2,) and (out > 0).all()
+    assert [s.n for s in provider.last_stats] == [3, 3]
+    assert out[0] == provider.last_stats[0].p50
+
+
+def test_measured_provider_rejects_batches_and_missing_inputs(tiny_vlm):
+    samples = GridVQA().split("test", 2)
+    batch = tiny_vlm.inputs([s.image for s in samples], [s.question for s in samples], "low")
+    provider = MeasuredLatency(tiny_vlm, warmup=0, repeats=1)
+    with pytest.raises(ValueError, match="batch"):
+        provider.latency_ms([Request(Knobs("low", 1, 2), 4, 10, 2, batch)])
+    with pytest.raises(ValueError, match="inputs"):
+        provider.latency_ms([Request(Knobs("low", 1, 2), 4, 10, 2)])
+
+
+def test_request_counts_exclude_padding(tiny_vlm):
+    samples = GridVQA().split("test", 8)
+    lengths = [len(ids) for ids in tiny_vlm.processor.question_ids([s.question for s in samples])]
+    short = int(np.argmin(lengths))
+    assert min(lengths) < max(lengths)
+    batch = tiny_vlm.inputs([s.image for s in samples], [s.question for s in samples], "medium")
+    row = {k: v[short:short + 1] for k, v in batch.items()}
+    req = Request.for_vlm(tiny_vlm, row, Knobs("medium", 1, 2), 2)
+    assert req.image_tokens == 16 and req.prompt_tokens == 1 + 16 + lengths[short]
+    assert req.text_tokens == 1 + lengths[short]
