@@ -6,11 +6,13 @@
 """
 
 import hydra
+from transformers.utils import logging as hf_logging
 from omegaconf import DictConfig
 
 from grpo_ctrl.config import register_configs
 
 register_configs()
+hf_logging.disable_progress_bar()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

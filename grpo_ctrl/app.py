@@ -44,6 +44,8 @@ def run(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     vlm = build_vlm(cfg.model)

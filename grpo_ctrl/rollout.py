@@ -46,14 +46,14 @@ class RolloutEngine:
 
     # ------------------------------------------------------------ controller features
     def question_features(self, prompts: Sequence[Prompt]) -> torch.Tensor:
-        missing = [p for p in dict.fromkeys(prompts) if p.key not in self._question]
+        missing = list({p.key: p for p in prompts if p.key not in self._question}.values())
         if missing:
             feats = self.vlm.question_features([p.sample.question for p in missing])
             self._question.update({p.key: f for p, f in zip(missing, feats)})
         return torch.stack([self._question[p.key] for p in prompts])
 
     def vision_tokens(self, prompts: Sequence[Prompt], tier: str) -> torch.Tensor:
-        missing = [p for p in dict.fromkeys(prompts) if (p.key, tier) not in self._vision]
+        missing = list({p.key: p for p in prompts if (p.key, tier) not in self._vision}.values())
         for i in range(0, len(missing), self.batch_size):
             chunk = missing[i:i + self.batch_size]
             px = self.vlm.processor.pixel_values([p.sample.image for p in chunk]).to(self.vlm.model.device)

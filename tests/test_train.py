@@ -1,0 +1,78 @@
+"""End-to-end training on a tiny model: smoke run, outputs, metrics keys, exact resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from grpo_ctrl.app import train
+from grpo_ctrl.config import register_configs
+from grpo_ctrl.parallel import ParallelContext
+from grpo_ctrl.trainer import JointGRPOTrainer
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+register_configs()
+
+TRAIN_KEYS = {"train/reward_mean", "train/reward_std", "train/accuracy", "train/latency_ms", "train/violation_rate",
+              "train/frac_reward_zero_std", "train/loss", "train/clip_frac", "train/kl", "train/entropy_tier",
+              "train/entropy_top_k", "train/entropy_num_blocks", "train/step_time_s"}
+
+
+def small_cfg(model_dir, *overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            f"model.path={model_dir}", "steps=3", "val_every=3", "ckpt_every=1", "prompts_per_step=4",
+            "group_size=4", "data.train_size=24", "data.val_size=8", "logger=none", "progress=false", "threads=1",
+            *overrides])
+
+
+def test_smoke_training_writes_every_output(tiny_model_dir, tmp_path):
+    report = train(small_cfg(tiny_model_dir), tmp_path, ParallelContext())
+    for name in ("config.yaml", "metrics.jsonl", "controller.pt", "val_report.json", "val_report.png",
+                 "checkpoints/last.pt"):
+        assert (tmp_path / name).is_file(), name
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(TRAIN_KEYS <= r.keys() for r in rows)
+    assert {"val/accuracy", "val/violation_rate", "val/accuracy@0.4", "val/latency_p90_ms@1"} <= rows[-1].keys()
+    assert set(report["budgets"]) == {"0.4", "0.55", "0.7", "0.85", "1"}
+    for b in report["budgets"].values():
+        assert {"controller", "best_static", "random"} <= b.keys()
+        assert sum(b["controller"]["knobs"].values()) == 8  # every val prompt counted once per budget
+    assert len(report["static_settings"]) == 27
+
+
+def test_resume_after_interruption_is_bit_identical(tiny_model_dir, tmp_path, monkeypatch):
+    cfg = small_cfg(tiny_model_dir, "steps=4", "val_every=2", "ckpt_every=2")
+    train(cfg, tmp_path / "straight", ParallelContext())
+
+    original = JointGRPOTrainer.train_step
+
+    def crash_at_step_3(self, step):
+        if step == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, step)
+
+    monkeypatch.setattr(JointGRPOTrainer, "train_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", ParallelContext())
+    monkeypatch.setattr(JointGRPOTrainer, "train_step", original)
+    train(cfg, tmp_path / "resumed", ParallelContext())
+
+    a = torch.load(tmp_path / "straight" / "controller.pt")["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "controller.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_bad_config_exits_before_loading_anything(tmp_path, capsys):
+    from grpo_ctrl.app import run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run(small_cfg(tmp_path / "does-not-exist", "group_size=1"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("config error: group_size=1") and "\n" not in err
