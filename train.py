@@ -6,8 +6,8 @@
 """
 
 import hydra
-from transformers.utils import logging as hf_logging
 from omegaconf import DictConfig
+from transformers.utils import logging as hf_logging
 
 from grpo_ctrl.config import register_configs
 

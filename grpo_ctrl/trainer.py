@@ -124,8 +124,8 @@ class JointGRPOTrainer:
         # Logged values cross ranks as sums and counts.
         n = float(len(prompts))
         sums = torch.tensor([rewards.sum(), (rewards**2).sum(), acc.sum(), lat.sum(), (lat > budget).sum(),
-                             frac_zero_std(grouped) * per_rank, parts.loss.detach() * n, parts.clip_frac * n, parts.kl * n,
-                             *(entropy.detach().sum(0)), n, per_rank], dtype=torch.float64)
+                             frac_zero_std(grouped) * per_rank, parts.loss.detach() * n, parts.clip_frac * n,
+                             parts.kl * n, *(entropy.detach().sum(0)), n, per_rank], dtype=torch.float64)
         s = ctx.all_reduce_sum(sums)
         count, groups = s[-2], s[-1]
         mean_r = s[0] / count
