@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,7 +17,13 @@ from grpo_ctrl.build import build_data, build_vlm
 from grpo_ctrl.config import ConfigError, validate
 from grpo_ctrl.controller import build_controller
 from grpo_ctrl.latency import make_latency_provider
-from grpo_ctrl.parallel import ParallelContext
+from grpo_ctrl.parallel import (
+    DistributedContext,
+    ParallelContext,
+    export_slurm_environment,
+    free_port,
+    launcher_environment,
+)
 from grpo_ctrl.report import build_report, static_settings, write_report
 from grpo_ctrl.reward import make_reward
 from grpo_ctrl.rollout import Prompt, RolloutEngine
@@ -35,12 +43,55 @@ def run(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
-    if cfg.parallel.name != "single":
-        print(f"config error: parallel={cfg.parallel.name} is not available in this version; use parallel=single",
-              file=sys.stderr)
-        sys.exit(2)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    train(cfg, run_dir, ParallelContext())
+    if cfg.parallel.name == "ddp":
+        run_ddp(cfg, run_dir)
+    else:
+        train(cfg, run_dir, ParallelContext())
+
+
+def run_ddp(cfg: DictConfig, run_dir: Path) -> None:
+    """Under torchrun or SLURM, join the job as this rank; otherwise start `parallel.nproc` workers here."""
+    launcher = launcher_environment()
+    if launcher is None:
+        nproc = cfg.parallel.nproc
+        try:
+            validate(cfg, world_size=nproc)
+        except ConfigError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            sys.exit(2)
+        port = free_port()
+        container = OmegaConf.to_container(cfg, resolve=True)
+        # Workers that raise bring the others down; the first error is re-raised here.
+        mp.start_processes(_ddp_worker, args=(container, str(run_dir), nproc, port), nprocs=nproc,
+                           start_method="spawn")
+        return
+    if launcher == "slurm":
+        export_slurm_environment()
+    _ddp_rank(cfg, run_dir)
+
+
+def _ddp_worker(local_rank: int, container: dict, run_dir: str, nproc: int, port: int) -> None:
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _ddp_rank(OmegaConf.create(container), Path(run_dir))
+
+
+def _ddp_rank(cfg: DictConfig, run_dir: Path) -> None:
+    ctx = DistributedContext(cfg.parallel.backend, cfg.model.device)
+    try:
+        validate(cfg, world_size=ctx.world_size)
+    except ConfigError as err:
+        if ctx.is_main:
+            print(f"config error: {err}", file=sys.stderr)
+        ctx.close()
+        sys.exit(2)
+    # Every rank writes under rank 0's run dir (each torchrun rank's Hydra may have picked its own).
+    run_dir = Path(ctx.broadcast_object(str(run_dir)))
+    try:
+        train(cfg, run_dir, ctx)
+    finally:
+        ctx.close()
 
 
 def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
@@ -84,9 +135,11 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
             print(summary(report))
             print(f"outputs: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  controller: "
                   f"{run_dir / 'controller.pt'}\n  report: {json_path}, {png_path}", flush=True)
+        ctx.barrier()
         return report or {}
     finally:
         trainer.tracker.finish()
+        trainer.model = None  # drop the DDP wrapper before the process group goes away
 
 
 def summary(report: dict) -> str:

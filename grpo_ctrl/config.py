@@ -6,7 +6,9 @@ values and raises `ConfigError` with one line naming the key and the fix.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -132,7 +134,15 @@ class TrainConfig:
     progress: bool = True
 
 
+def run_stamp() -> str:
+    """Run-dir name: microsecond time, or the torchrun job id so that every rank of one job agrees."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    return f"torchrun-{job[:12]}" if job else datetime.now().strftime("%H-%M-%S-%f")
+
+
 def register_configs() -> None:
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for group, node in [("model", ModelConfig), ("data", DataConfig), ("controller", ControllerConfig),

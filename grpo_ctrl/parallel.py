@@ -34,11 +34,41 @@ class ParallelContext:
     def all_gather_objects(self, obj) -> list:
         return [obj]
 
+    def broadcast_object(self, obj):
+        """Rank 0's value on every rank."""
+        return obj
+
     def barrier(self) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher_environment() -> str | None:
+    """Which launcher started this process: 'torchrun' (rank env vars present), 'slurm' (several tasks), or None."""
+    import os
+
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return "torchrun"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return "slurm"
+    return None
+
+
+def export_slurm_environment() -> None:
+    """Ranks from the SLURM environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) via submitit."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 class DistributedContext(ParallelContext):

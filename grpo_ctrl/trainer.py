@@ -48,7 +48,7 @@ class JointGRPOTrainer:
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self.tracker = tracker
         self.step = 0
-        self.ref_ms = self._reference_latency()
+        self.ref_ms = self.ctx.broadcast_object(self._reference_latency())
 
     # ------------------------------------------------------------ budgets and latency
     def _reference_latency(self) -> float:
