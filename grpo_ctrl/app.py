@@ -20,9 +20,11 @@ from grpo_ctrl.latency import make_latency_provider
 from grpo_ctrl.parallel import (
     DistributedContext,
     ParallelContext,
+    dp_devices,
     export_slurm_environment,
     free_port,
     launcher_environment,
+    make_replicas,
 )
 from grpo_ctrl.report import build_report, static_settings, write_report
 from grpo_ctrl.reward import make_reward
@@ -44,6 +46,12 @@ def run(cfg: DictConfig) -> None:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.parallel.name == "dp":
+        try:
+            dp_devices(cfg.parallel.devices)
+        except RuntimeError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            sys.exit(2)
     if cfg.parallel.name == "ddp":
         run_ddp(cfg, run_dir)
     else:
@@ -101,7 +109,8 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
     seed_everything(cfg.seed)
     vlm = build_vlm(cfg.model)
     data = build_data(cfg.data)
-    engine = RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens)
+    replicas = make_replicas(vlm, dp_devices(cfg.parallel.devices)) if cfg.parallel.name == "dp" else ()
+    engine = RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens, replicas=replicas)
     hidden = vlm.model.config.text_config.hidden_size
     controller = build_controller(cfg.controller, vlm.knob_space, question_dim=hidden, vision_dim=hidden)
     train_latency = make_latency_provider(cfg.latency.train, vlm, cfg.latency)

@@ -45,6 +45,30 @@ class ParallelContext:
         pass
 
 
+def dp_devices(requested: Sequence[str]) -> list[torch.device]:
+    """Replica devices for parallel=dp: the listed ones, or every visible CUDA device when none are listed."""
+    if requested:
+        return [torch.device(d) for d in requested]
+    n = torch.cuda.device_count()
+    if n < 2:
+        raise RuntimeError(f"parallel=dp needs >= 2 CUDA devices, found {n}; use parallel=single or parallel=ddp, "
+                           "or parallel.devices=[cpu,cpu] to test with CPU replicas")
+    return [torch.device("cuda", i) for i in range(n)]
+
+
+def make_replicas(vlm, devices: Sequence[torch.device]) -> list:
+    """One AdaptiveVLM per device; the first device gets `vlm` itself."""
+    import copy
+
+    vlm.model.to(devices[0])
+    return [vlm] + [_replica(copy.deepcopy(vlm), d) for d in devices[1:]]
+
+
+def _replica(vlm, device: torch.device):
+    vlm.model.to(device)
+    return vlm
+
+
 def free_port() -> int:
     import socket
 

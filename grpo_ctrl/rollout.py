@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +35,11 @@ class Outcome:
 
 
 class RolloutEngine:
-    def __init__(self, vlm: AdaptiveVLM, max_new_tokens: int = 2, batch_size: int = 64, memoize: bool = True):
+    def __init__(self, vlm: AdaptiveVLM, max_new_tokens: int = 2, batch_size: int = 64, memoize: bool = True,
+                 replicas: Sequence[AdaptiveVLM] = ()):
+        """`replicas` (parallel=dp): copies of `vlm` on other devices; batches are scattered across all of them."""
         self.vlm = vlm
+        self.replicas = list(replicas) or [vlm]
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.memoize = memoize
@@ -52,12 +56,14 @@ class RolloutEngine:
             self._question.update({p.key: f for p, f in zip(missing, feats)})
         return torch.stack([self._question[p.key] for p in prompts])
 
-    def vision_tokens(self, prompts: Sequence[Prompt], tier: str) -> torch.Tensor:
+    def vision_tokens(self, prompts: Sequence[Prompt], tier: str, vlm: AdaptiveVLM | None = None) -> torch.Tensor:
+        """Projected vision tokens per prompt at `tier`, computed once (on `vlm`'s device) and kept on the CPU."""
+        vlm = vlm or self.vlm
         missing = list({p.key: p for p in prompts if (p.key, tier) not in self._vision}.values())
         for i in range(0, len(missing), self.batch_size):
             chunk = missing[i:i + self.batch_size]
-            px = self.vlm.processor.pixel_values([p.sample.image for p in chunk]).to(self.vlm.model.device)
-            feats = self.vlm.encode_vision(px, tier)
+            px = vlm.processor.pixel_values([p.sample.image for p in chunk]).to(vlm.model.device)
+            feats = vlm.encode_vision(px, tier).cpu()
             self._vision.update({(p.key, tier): f for p, f in zip(chunk, feats)})
         return torch.stack([self._vision[(p.key, tier)] for p in prompts])
 
@@ -77,21 +83,26 @@ class RolloutEngine:
         for p, k in zip(prompts, knobs):
             if (p.key, k) not in self._outcomes:
                 todo[k][p.key] = p
-        for k, by_key in todo.items():
-            ps = list(by_key.values())
-            for i in range(0, len(ps), self.batch_size):
-                self._generate(ps[i:i + self.batch_size], k)
+        batches = [(ps[i:i + self.batch_size], k) for k, by_key in todo.items() for ps in [list(by_key.values())]
+                   for i in range(0, len(ps), self.batch_size)]
+        if len(self.replicas) == 1:
+            for ps, k in batches:
+                self._generate(ps, k, self.vlm)
+        else:  # one thread per replica, each working through its share of the batches
+            shares = [batches[r::len(self.replicas)] for r in range(len(self.replicas))]
+            with ThreadPoolExecutor(len(self.replicas)) as pool:
+                list(pool.map(lambda r: [self._generate(ps, k, self.replicas[r]) for ps, k in shares[r]],
+                              range(len(self.replicas))))
         out = [self._outcomes[(p.key, k)] for p, k in zip(prompts, knobs)]
         if not self.memoize:
             self._outcomes.clear()
         return out
 
-    def _generate(self, prompts: list[Prompt], knobs: Knobs) -> None:
-        vlm = self.vlm
+    def _generate(self, prompts: list[Prompt], knobs: Knobs, vlm: AdaptiveVLM) -> None:
         pool = vlm.knob_space.tiers[knobs.tier]
         inputs = vlm.processor.text_inputs([p.sample.question for p in prompts], pool)
         inputs = {k: v.to(vlm.model.device) for k, v in inputs.items()}
-        feats = self.vision_tokens(prompts, knobs.tier)
+        feats = self.vision_tokens(prompts, knobs.tier, vlm).to(vlm.model.device)
         gen = vlm.generate(inputs, knobs, max_new_tokens=self.max_new_tokens, image_features=feats)
         self.generated_rows += len(prompts)
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
