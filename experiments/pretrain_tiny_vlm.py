@@ -95,12 +95,14 @@ def region_colour_targets(groups: list[list], pool: int, n_colours: int) -> torc
     return pooled.flatten(2).transpose(1, 2)
 
 
-def region_centres(grid: int, pool: int) -> torch.Tensor:
-    """(row, col) centre of each pooled vision token's region, scaled to [-1, 1]: (tokens, 2)."""
-    side = grid // pool
-    centre = (torch.arange(side, dtype=torch.float) + 0.5) / side * 2 - 1
-    rows, cols = torch.meshgrid(centre, centre, indexing="ij")
-    return torch.stack([rows.flatten(), cols.flatten()], dim=1)
+def region_cells(grid: int, pool: int) -> torch.Tensor:
+    """Which cells each pooled vision token covers, as a distribution over the grid's cells: (tokens, grid^2).
+
+    Trained as a classification target it gives every vision token a peaked code of where it is, which
+    a question naming one cell can match with a single attention lookup.
+    """
+    onehot = torch.eye(grid * grid).reshape(grid * grid, 1, grid, grid)
+    return F.avg_pool2d(onehot, pool).flatten(1).T
 
 
 def sample_setting(rng: np.random.Generator, vlm: AdaptiveVLM, cfg: DictConfig) -> tuple[int, int, list[int]]:
@@ -144,7 +146,8 @@ def main(cfg: DictConfig) -> None:
     val = data.split("val", cfg.eval_samples)
     n_colours = len(data.colour_names)
     # Auxiliary vision-side head (not shipped): each vision token predicts the colours under it and where it is.
-    aux_head = torch.nn.Linear(vlm.model.config.text_config.hidden_size, n_colours + 2)
+    n_cells = vlm.processor.patch_grid**2
+    aux_head = torch.nn.Linear(vlm.model.config.text_config.hidden_size, n_colours + n_cells)
     projected = {}
     vlm.model.model.multi_modal_projector.register_forward_hook(lambda m, a, out: projected.__setitem__("x", out))
     params = [p for p in vlm.model.parameters() if p.requires_grad] + list(aux_head.parameters())
@@ -185,8 +188,8 @@ def main(cfg: DictConfig) -> None:
         aux_out = aux_head(projected["x"])
         colours = region_colour_targets(groups, pool, n_colours)
         aux_loss = F.cross_entropy(aux_out[..., :n_colours].flatten(0, 1), colours.flatten(0, 1))
-        where_target = region_centres(vlm.processor.patch_grid, pool).expand(len(groups), -1, -1)
-        aux_loss = aux_loss + F.mse_loss(aux_out[..., n_colours:], where_target)
+        where = region_cells(vlm.processor.patch_grid, pool).expand(len(groups), -1, -1)
+        aux_loss = aux_loss + F.cross_entropy(aux_out[..., n_colours:].flatten(0, 1), where.flatten(0, 1))
         loss = answer_loss + cfg.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

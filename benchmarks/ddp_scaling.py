@@ -1,0 +1,80 @@
+"""Rollouts/s with 2 DDP ranks (gloo on CPU, nccl on GPU) against 1 rank, on the same global batch.
+
+Each rank runs the rollout engine (no memo reuse) on its own shard of the prompts x random knobs, as
+`parallel=ddp` does; wall time is from a barrier before to a barrier after.
+
+    .venv/bin/python benchmarks/ddp_scaling.py [--prompts 32] [--group 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from grpo_ctrl.data import GridVQA
+from grpo_ctrl.parallel import free_port
+from grpo_ctrl.rollout import Prompt, RolloutEngine
+from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+
+
+def worker(rank: int, world: int, port: int, args, threads: int, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", rank=rank, world_size=world)
+    torch.set_num_threads(threads)
+    vlm = AdaptiveVLM.from_pretrained(args.model)
+    vlm.model.to(device)
+    data = GridVQA()
+    settings = vlm.knob_space.all()
+    rng = np.random.default_rng(0)
+    elapsed, count = 0.0, 0
+    for r in range(args.rounds + 1):  # round 0 warms up
+        prompts = [Prompt(("b", r, i), data.sample("test", r * 1000 + i)) for i in range(args.prompts)]
+        pairs = [(p, settings[rng.integers(len(settings))]) for p in prompts for _ in range(args.group)]
+        per_rank = len(prompts) // world
+        mine = pairs[rank * per_rank * args.group:(rank + 1) * per_rank * args.group]
+        engine = RolloutEngine(vlm, memoize=False)
+        dist.barrier()
+        start = time.perf_counter()
+        engine.run([p for p, _ in mine], [k for _, k in mine])
+        dist.barrier()
+        if r > 0:
+            elapsed += time.perf_counter() - start
+            count += len(pairs)
+    if rank == 0:
+        out.put(count / elapsed)
+    del vlm
+    dist.destroy_process_group()
+
+
+def measure(world: int, threads: int, args) -> float:
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(worker, args=(world, free_port(), args, threads, queue), nprocs=world, start_method="spawn")
+    return queue.get()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    one = measure(1, cores, args)
+    two = measure(2, max(1, cores // 2), args)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {cores} cores"
+    print(f"device: {device}; {args.prompts} prompts x group {args.group} per round, {args.rounds} rounds")
+    print(f"1 rank  ({cores} threads): {one:8.1f} rollouts/s")
+    print(f"2 ranks ({max(1, cores // 2)} threads each): {two:8.1f} rollouts/s")
+    print(f"2 ranks / 1 rank: {two / one:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

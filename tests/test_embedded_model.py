@@ -1,0 +1,64 @@
+"""The embedded default shipped in the package: loads offline, carries its tokenizer, block order and
+latency estimator, and its knobs move accuracy the way the task is built to."""
+
+import json
+
+import numpy as np
+import pytest
+
+from grpo_ctrl.data import GridVQA
+from grpo_ctrl.knobs import Knobs
+from grpo_ctrl.latency import LatencyEstimator
+from grpo_ctrl.vlm.adaptive import EMBEDDED_DIR, AdaptiveVLM
+from grpo_ctrl.vlm.evaluation import by_type, score_setting
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return AdaptiveVLM.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def test_questions():
+    return GridVQA().split("test", 160)
+
+
+def test_shipped_files_are_complete_and_small():
+    names = {p.name for p in EMBEDDED_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "grpo_ctrl.json", "block_importance.json",
+            "latency_estimator.json"} <= names
+    assert (EMBEDDED_DIR / "model.safetensors").stat().st_size <= 25_000_000
+    recipe = json.loads((EMBEDDED_DIR / "grpo_ctrl.json").read_text())["recipe"]
+    assert recipe["script"] == "experiments/pretrain_tiny_vlm.py" and "seed" in recipe
+
+
+def test_block_order_comes_from_the_importance_file(embedded):
+    order = json.loads((EMBEDDED_DIR / "block_importance.json").read_text())["drop_order"]
+    assert embedded.block_drop_order == order and 0 not in order
+
+
+def test_full_knobs_answer_well_and_cheapest_knobs_lose_accuracy(embedded, test_questions):
+    full = score_setting(embedded, test_questions, embedded.knob_space.full)
+    cheap = score_setting(embedded, test_questions, embedded.knob_space.cheapest)
+    assert full.mean() >= 0.8
+    assert cheap.mean() <= full.mean() - 0.15
+
+
+def test_cell_questions_need_the_high_tier(embedded, test_questions):
+    cells = [s for s in test_questions if s.qtype == "cell"]
+    high = score_setting(embedded, cells, Knobs("high", 4, 6)).mean()
+    low = score_setting(embedded, cells, Knobs("low", 4, 6)).mean()
+    assert high >= low + 0.3
+
+
+def test_shipped_estimator_predicts_more_latency_for_more_work():
+    est = LatencyEstimator.load(EMBEDDED_DIR / "latency_estimator.json")
+    cheap = est.predict_total(4, 12, 2, 1, 2)
+    full = est.predict_total(64, 72, 2, 4, 6)
+    assert 0 < cheap < full
+
+
+def test_per_type_table_has_every_type(embedded, test_questions):
+    table = by_type(test_questions, score_setting(embedded, test_questions, Knobs("high", 4, 6)))
+    assert {"all", "quadrant", "cell", "same", "count"} <= table.keys()
+    assert np.isfinite(list(table.values())).all()
