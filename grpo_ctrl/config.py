@@ -108,7 +108,7 @@ class GRPOConfig:
     epsilon: float = 0.2  # PPO-style clip range
     num_iterations: int = 2  # optimisation passes over each rollout batch
     beta: float = 0.0  # KL to the frozen initial controller
-    entropy_coef: float = 0.01
+    entropy_coef: float = 0.05
 
 
 @dataclass
@@ -124,10 +124,10 @@ class TrainConfig:
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
     group_size: int = 8  # knob settings sampled per (prompt, budget)
     prompts_per_step: int = 16  # (prompt, budget) pairs per optimiser step, over all ranks
-    lr: float = 3e-3
-    steps: int = 300
-    val_every: int = 100
-    ckpt_every: int = 50
+    lr: float = 1e-3
+    steps: int = 2000
+    val_every: int = 500
+    ckpt_every: int = 250
     seed: int = 0
     resume: bool = True  # continue from <run dir>/checkpoints/last.pt when it exists
     threads: int = 2  # torch intra-op threads per process
