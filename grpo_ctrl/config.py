@@ -68,6 +68,7 @@ class RewardConfig:
     name: str = "default"  # default | seed
     violation_penalty: float = 2.0  # default: accuracy - violation_penalty * max(0, L - B) / B
     latency_cost: float = 0.0  # default: optional - latency_cost * L / B
+    violation_cost: float = 0.0  # default: optional - violation_cost * [L > B] (a per-request SLO)
     alpha: float = 1.0  # seed formula (see grpo_ctrl/reward.py)
     beta: float = 0.5
     gamma: float = 10.0
@@ -81,6 +82,7 @@ class LatencyConfig:
     train: str = "estimator"  # estimator | measured   (latency behind the training reward)
     val: str = "estimator"  # estimator | measured | hooked
     estimator_path: str | None = None  # null = the estimator shipped with the embedded VLM
+    train_noise_cv: float = 0.0  # training reward sees latency x lognormal noise of this CV (real latency jitters)
     warmup: int = 1  # measured / hooked: untimed runs before timing
     repeats: int = 3  # measured: timed runs per request (median)
 
@@ -185,6 +187,7 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
                 "data.val_size", "grpo.num_iterations", "controller.hidden"):
         _require(OmegaConf.select(cfg, key) >= 1, f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
     _require(cfg.lr > 0, f"lr={cfg.lr} must be > 0")
+    _require(cfg.latency.train_noise_cv >= 0, f"latency.train_noise_cv={cfg.latency.train_noise_cv} must be >= 0")
     _require(cfg.grpo.epsilon > 0, f"grpo.epsilon={cfg.grpo.epsilon} must be > 0")
     b = cfg.budgets
     _require(0 < b.train_min <= b.train_max, f"budgets.train_min={b.train_min}, budgets.train_max={b.train_max}: "

@@ -10,11 +10,11 @@ RewardFn = Callable[..., np.ndarray]
 
 
 def default_reward(accuracy, latency, budget, complexity=None, violation_penalty: float = 2.0,
-                   latency_cost: float = 0.0) -> np.ndarray:
-    """accuracy - violation_penalty * max(0, L - B) / B - latency_cost * L / B."""
+                   latency_cost: float = 0.0, violation_cost: float = 0.0) -> np.ndarray:
+    """accuracy - violation_penalty * max(0, L - B) / B - latency_cost * L / B - violation_cost * [L > B]."""
     accuracy, latency, budget = (np.asarray(x, dtype=float) for x in (accuracy, latency, budget))
     over = np.maximum(0.0, latency - budget) / budget
-    return accuracy - violation_penalty * over - latency_cost * latency / budget
+    return accuracy - violation_penalty * over - latency_cost * latency / budget - violation_cost * (latency > budget)
 
 
 def seed_reward(accuracy, latency, budget, complexity, alpha: float = 1.0, beta: float = 0.5, gamma: float = 10.0,
@@ -32,7 +32,8 @@ def seed_reward(accuracy, latency, budget, complexity, alpha: float = 1.0, beta:
 
 def make_reward(cfg) -> RewardFn:
     if cfg.name == "default":
-        return lambda a, lat, b, c=None: default_reward(a, lat, b, c, cfg.violation_penalty, cfg.latency_cost)
+        return lambda a, lat, b, c=None: default_reward(a, lat, b, c, cfg.violation_penalty, cfg.latency_cost,
+                                                                cfg.violation_cost)
     if cfg.name == "seed":
         return lambda a, lat, b, c: seed_reward(a, lat, b, c, cfg.alpha, cfg.beta, cfg.gamma, cfg.delta, cfg.epsilon)
     raise ValueError(f"reward.name={cfg.name!r} is unknown; use default or seed")

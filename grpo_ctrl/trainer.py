@@ -102,6 +102,9 @@ class JointGRPOTrainer:
         outcomes = self.engine.run(prompts, knobs)
         acc = np.array([o.score for o in outcomes])
         lat = self.latency(self.train_latency, prompts, knobs, outcomes)
+        if cfg.latency.train_noise_cv > 0:  # same draws whatever the rank layout, like the action uniforms
+            noise = rng.standard_normal((cfg.prompts_per_step, G))[mine].reshape(-1)
+            lat = lat * np.exp(np.sqrt(np.log1p(cfg.latency.train_noise_cv**2)) * noise)
         budget = self.budget_ms(b.numpy())
         rewards = torch.as_tensor(self.reward(acc, lat, budget, complexity(self.space, knobs)), dtype=torch.float)
         grouped = rewards.view(per_rank, G)

@@ -72,3 +72,8 @@ def test_seed_reward_by_hand():
     assert seed_reward([a], [lat], [b], [c])[0] == pytest.approx(expected)
     over = seed_reward([1.0], [150.0], [100.0], [0.0])[0]
     assert over == pytest.approx(1.0 - 0.5 / (1 + math.exp(-5)) - 10 * 0.25)
+
+
+def test_violation_cost_is_a_step_at_the_budget():
+    r = default_reward([1, 1], [100, 100.5], [100, 100], violation_penalty=0.0, violation_cost=0.7)
+    assert np.allclose(r, [1.0, 0.3])
