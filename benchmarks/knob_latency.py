@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 from grpo_ctrl.data import GridVQA
-from grpo_ctrl.latency.measured import time_generate
+from grpo_ctrl.latency.measured import median_generate_ms
 from grpo_ctrl.vlm.adaptive import AdaptiveVLM
 from grpo_ctrl.vlm.evaluation import score_setting
 
@@ -32,12 +31,8 @@ def main() -> None:
     print(f"{'setting':<16}{'image tok':>10}{'p50 ms':>9}{'accuracy':>10}")
     rows = []
     for knobs in vlm.knob_space.all():
-        times = []
-        for s in timed:
-            inputs = vlm.inputs([s.image], [s.question], knobs.tier)
-            times += time_generate(vlm, inputs, knobs, warmup=1, repeats=args.repeats)
         acc = float(score_setting(vlm, scored, knobs).mean())
-        rows.append((knobs, float(np.median(times)), acc))
+        rows.append((knobs, median_generate_ms(vlm, timed, knobs, warmup=1, repeats=args.repeats), acc))
         print(f"{str(knobs):<16}{vlm.num_image_tokens(knobs.tier):>10}{rows[-1][1]:>9.2f}{acc:>10.3f}", flush=True)
     lat = {k: t for k, t, _ in rows}
     cheap, full = vlm.knob_space.cheapest, vlm.knob_space.full

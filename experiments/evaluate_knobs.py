@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from grpo_ctrl.data import GridVQA
-from grpo_ctrl.latency.measured import time_generate
+from grpo_ctrl.latency.measured import median_generate_ms
 from grpo_ctrl.vlm.adaptive import AdaptiveVLM
 from grpo_ctrl.vlm.evaluation import by_type, oracle_cheapest, score_setting
 
@@ -48,11 +48,7 @@ def main(cfg: DictConfig) -> None:
     print(f"{'setting':<14}{'ms':>7}{'all':>7}" + "".join(f"{t:>10}" for t in types))
     for knobs in space.all():
         scores[knobs] = score_setting(vlm, samples, knobs)
-        times = []
-        for s in timed:
-            inputs = vlm.inputs([s.image], [s.question], knobs.tier)
-            times += time_generate(vlm, inputs, knobs, warmup=1, repeats=cfg.latency_repeats)
-        latency[knobs] = float(np.median(times))
+        latency[knobs] = median_generate_ms(vlm, timed, knobs, warmup=1, repeats=cfg.latency_repeats)
         table[knobs] = by_type(samples, scores[knobs])
         print(f"{str(knobs):<14}{latency[knobs]:>7.2f}{table[knobs]['all']:>7.3f}"
               + "".join(f"{table[knobs][t]:>10.3f}" for t in types), flush=True)

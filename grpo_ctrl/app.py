@@ -39,19 +39,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run(cfg: DictConfig) -> None:
+def exit_on_config_error(cfg: DictConfig, world_size: int = 1) -> None:
+    """Validate; on a bad config print one line and exit 2, before anything loads."""
     try:
-        validate(cfg)
-    except ConfigError as err:
+        validate(cfg, world_size=world_size)
+        if cfg.parallel.name == "dp":
+            dp_devices(cfg.parallel.devices)
+    except (ConfigError, RuntimeError) as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def run(cfg: DictConfig) -> None:
+    exit_on_config_error(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.parallel.name == "dp":
-        try:
-            dp_devices(cfg.parallel.devices)
-        except RuntimeError as err:
-            print(f"config error: {err}", file=sys.stderr)
-            sys.exit(2)
     if cfg.parallel.name == "ddp":
         run_ddp(cfg, run_dir)
     else:
@@ -63,11 +64,7 @@ def run_ddp(cfg: DictConfig, run_dir: Path) -> None:
     launcher = launcher_environment()
     if launcher is None:
         nproc = cfg.parallel.nproc
-        try:
-            validate(cfg, world_size=nproc)
-        except ConfigError as err:
-            print(f"config error: {err}", file=sys.stderr)
-            sys.exit(2)
+        exit_on_config_error(cfg, world_size=nproc)
         port = free_port()
         container = OmegaConf.to_container(cfg, resolve=True)
         # Workers that raise bring the others down; the first error is re-raised here.
@@ -88,12 +85,10 @@ def _ddp_worker(local_rank: int, container: dict, run_dir: str, nproc: int, port
 def _ddp_rank(cfg: DictConfig, run_dir: Path) -> None:
     ctx = DistributedContext(cfg.parallel.backend, cfg.model.device)
     try:
-        validate(cfg, world_size=ctx.world_size)
-    except ConfigError as err:
-        if ctx.is_main:
-            print(f"config error: {err}", file=sys.stderr)
+        exit_on_config_error(cfg, world_size=ctx.world_size)
+    except SystemExit:
         ctx.close()
-        sys.exit(2)
+        raise
     # Every rank writes under rank 0's run dir (each torchrun rank's Hydra may have picked its own).
     run_dir = Path(ctx.broadcast_object(str(run_dir)))
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.knobs import KnobSpace
@@ -12,14 +12,10 @@ from grpo_ctrl.vlm.adaptive import AdaptiveVLM
 
 def build_vlm(model_cfg: DictConfig) -> AdaptiveVLM:
     vlm = AdaptiveVLM.from_pretrained(model_cfg.path, dtype=getattr(torch, model_cfg.dtype))
-    knobs = model_cfg.get("knobs") or {}
-    saved = vlm.knob_space
-    if any(knobs.get(k) is not None for k in ("tiers", "top_ks", "num_blocks")):
-        space = KnobSpace(tiers=dict(knobs.tiers) if knobs.get("tiers") is not None else saved.tiers,
-                          top_ks=tuple(knobs.top_ks) if knobs.get("top_ks") is not None else saved.top_ks,
-                          num_blocks=tuple(knobs.num_blocks) if knobs.get("num_blocks") is not None
-                          else saved.num_blocks)
-        vlm.set_knob_space(space)
+    knobs = OmegaConf.to_container(model_cfg.get("knobs") or {})
+    overrides = {key: value for key, value in knobs.items() if value is not None}
+    if overrides:  # each null entry keeps the values saved with the model
+        vlm.set_knob_space(KnobSpace(**{**vlm.knob_space.to_dict(), **overrides}))
     vlm.model.to(model_cfg.device)
     return vlm
 

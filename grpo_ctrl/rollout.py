@@ -46,7 +46,6 @@ class RolloutEngine:
         self._outcomes: dict[tuple[Hashable, Knobs], Outcome] = {}
         self._vision: dict[tuple[Hashable, str], torch.Tensor] = {}
         self._question: dict[Hashable, torch.Tensor] = {}
-        self.generated_rows = 0  # rows actually run through generate(), for throughput accounting
 
     # ------------------------------------------------------------ controller features
     def question_features(self, prompts: Sequence[Prompt]) -> torch.Tensor:
@@ -104,15 +103,9 @@ class RolloutEngine:
         inputs = {k: v.to(vlm.model.device) for k, v in inputs.items()}
         feats = self.vision_tokens(prompts, knobs.tier, vlm).to(vlm.model.device)
         gen = vlm.generate(inputs, knobs, max_new_tokens=self.max_new_tokens, image_features=feats)
-        self.generated_rows += len(prompts)
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         n_image = vlm.processor.num_image_tokens(pool)
         for i, p in enumerate(prompts):
             self._outcomes[(p.key, knobs)] = Outcome(gen.answers[i], vqa_score(gen.answers[i], p.sample.answers),
                                                      n_image, int(lengths[i]), gen.num_generated[i],
                                                      gen.ended_with_eos[i])
-
-    def clear(self) -> None:
-        self._outcomes.clear()
-        self._vision.clear()
-        self._question.clear()

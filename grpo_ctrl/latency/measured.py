@@ -50,6 +50,15 @@ def time_generate(vlm, inputs: dict, knobs: Knobs, warmup: int = 2, repeats: int
     return times
 
 
+def median_generate_ms(vlm, samples, knobs: Knobs, warmup: int = 1, repeats: int = 3) -> float:
+    """Median generate() time (ms) over `repeats` timed calls of each sample, one request at a time."""
+    times = []
+    for s in samples:
+        inputs = vlm.inputs([s.image], [s.question], knobs.tier)
+        times += time_generate(vlm, inputs, knobs, warmup=warmup, repeats=repeats)
+    return float(np.median(times))
+
+
 class MeasuredLatency:
     """Latency provider that times full generate() calls: per request `warmup` untimed calls, then the median
     of `repeats` timed ones, with exactly `generated_tokens` new tokens (min_new_tokens == max_new_tokens).
