@@ -91,7 +91,7 @@ class LatencyConfig:
 class ParallelConfig:
     name: str = "single"  # single | dp | ddp
     nproc: int = 1  # ddp: worker processes to start when not under torchrun / SLURM
-    backend: str = "auto"  # ddp: auto (nccl on GPU, gloo on CPU) | gloo | nccl
+    backend: str = "auto"  # ddp: auto (gloo for CPU tensors, plus nccl for CUDA tensors on GPU) | gloo | nccl
     devices: list[str] = field(default_factory=list)  # dp: replica devices, e.g. [cuda:0, cuda:1]
 
 
@@ -204,5 +204,7 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
         if values is not None:
             _require(len(values) >= 1 and all(v >= 1 for v in values),
                      f"model.knobs.{key}={list(values)}: list one or more values >= 1")
+    _require(cfg.parallel.backend != "nccl" or cfg.model.device.startswith("cuda"),
+             f"parallel.backend=nccl needs model.device=cuda (got {cfg.model.device}); use parallel.backend=auto")
     if cfg.parallel.name == "dp":
         _require(len(cfg.parallel.devices) != 1, "parallel.devices lists one device; dp needs >= 2 (or [] for auto)")

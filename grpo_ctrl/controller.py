@@ -31,7 +31,8 @@ class BudgetEncoder(nn.Module):
 
 
 def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
+    # tanh GELU: the same function in the numpy serving path (`policy.GreedyPolicy`).
+    return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, out))
 
 
 class TwoStageController(nn.Module):

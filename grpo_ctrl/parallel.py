@@ -97,7 +97,9 @@ def export_slurm_environment() -> None:
 
 class DistributedContext(ParallelContext):
     """One process per device (torch.distributed). Ranks come from the environment (torchrun, SLURM or
-    our own launcher); nccl on GPU, gloo on CPU."""
+    our own launcher). The controller and everything it trains on live on the CPU in every mode (it is tiny and
+    decides on the CPU at serving time too), so its gradients and the logged sums travel over gloo; with the
+    VLM on GPUs the group is `cpu:gloo,cuda:nccl`, so CUDA tensors go over nccl."""
 
     def __init__(self, backend: str = "auto", device: str = "cpu"):
         import os
@@ -110,8 +112,10 @@ class DistributedContext(ParallelContext):
         if dev.type == "cuda":
             dev = torch.device("cuda", local_rank % torch.cuda.device_count())
             torch.cuda.set_device(dev)
-        if backend == "auto":
-            backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda" and backend in ("auto", "nccl"):
+            backend = "cpu:gloo,cuda:nccl"
+        elif backend == "auto":
+            backend = "gloo"
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, rank=rank, world_size=world)
         super().__init__(rank=rank, world_size=world, device=dev)
@@ -121,17 +125,16 @@ class DistributedContext(ParallelContext):
     def wrap(self, module: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        ddp = DistributedDataParallel(module.to(self.device), device_ids=ids)
+        ddp = DistributedDataParallel(module)  # a CPU module: gradients all-reduced over gloo
         self._wrapped.append(ddp)
         return ddp
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
-        out = values.clone().to(self.device if self.backend == "nccl" else "cpu")
+        out = values.clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out.cpu()
+        return out
 
     def all_gather_objects(self, obj) -> list:
         import torch.distributed as dist

@@ -26,7 +26,8 @@ def static_settings(trainer: JointGRPOTrainer, provider, latency_requests: int |
 
 def build_report(trainer: JointGRPOTrainer, controller_report: dict, statics: list[dict], seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    out = {"reference_latency_ms": trainer.ref_ms, "budgets": {}}
+    val_ref = next(iter(controller_report.values()))["reference_ms"]
+    out = {"reference_latency_ms": trainer.ref_ms, "val_reference_latency_ms": val_ref, "budgets": {}}
     n_timed = len(statics[0]["latency"])
     for frac, ctrl in controller_report.items():
         budget = ctrl["budget_ms"]

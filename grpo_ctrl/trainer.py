@@ -51,13 +51,15 @@ class JointGRPOTrainer:
         self.ref_ms = self.ctx.broadcast_object(self._reference_latency())
 
     # ------------------------------------------------------------ budgets and latency
-    def _reference_latency(self) -> float:
-        """Full-knob latency (ms) of a typical request: the unit of fractional budgets."""
+    def _reference_latency(self, provider=None) -> float:
+        """Full-knob latency (ms) of a typical request from `provider` (default: training's): the unit of
+        fractional budgets."""
         if self.cfg.budgets.unit == "ms":
             return 1.0
         prompts = self.val_pool[:16]
         knobs = [self.space.full] * len(prompts)
-        return float(np.median(self.latency(self.train_latency, prompts, knobs, self.engine.run(prompts, knobs))))
+        lat = self.latency(provider or self.train_latency, prompts, knobs, self.engine.run(prompts, knobs))
+        return float(np.median(lat))
 
     def latency(self, provider, prompts: Sequence[Prompt], knobs: Sequence[Knobs],
                 outcomes: Sequence[Outcome]) -> np.ndarray:
@@ -144,8 +146,15 @@ class JointGRPOTrainer:
 
     # ------------------------------------------------------------ validation
     def validate(self, provider=None) -> dict:
-        """Greedy policy on the val prompts at every val budget; this rank's shard, gathered on all ranks."""
+        """Greedy policy on the val prompts at every val budget; this rank's shard, gathered on all ranks.
+
+        A measuring provider also measures the reference (full-knob) latency now, on this machine: a budget
+        fraction means a fraction of what the full model costs where it is served, whatever the estimator
+        was fitted on."""
         provider = provider or self.val_latency
+        ref_ms = self.ref_ms
+        if provider.needs_inputs and self.cfg.budgets.unit == "fraction":
+            ref_ms = self.ctx.broadcast_object(self._reference_latency(provider))
         shard = self.ctx.shard(self.val_pool)
         rows = []
         measured: dict = {}
@@ -166,9 +175,9 @@ class JointGRPOTrainer:
         for frac in self.cfg.budgets.val:
             mine = [r for r in rows if r[0] == frac]
             lat = np.array([r[3] for r in mine])
-            budget = float(self.budget_ms(frac))
+            budget = float(frac * ref_ms)
             report[f"{frac:g}"] = {
-                "budget_ms": budget, "accuracy": float(np.mean([r[2] for r in mine])),
+                "budget_ms": budget, "reference_ms": ref_ms, "accuracy": float(np.mean([r[2] for r in mine])),
                 "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p90_ms": float(np.percentile(lat, 90)),
                 "violation_rate": float((lat > budget).mean()),
                 "budgeted_accuracy": float(np.mean([r[2] * (r[3] <= budget) for r in mine])),

@@ -36,7 +36,7 @@ def write_tiny_model_dir(path):
     vlm = AdaptiveVLM(model, VLMProcessor(tok, TINY.image_size // TINY.patch_size), TINY_SPACE, [3, 1, 2])
     vlm.save_pretrained(path)
     coef = {"vision": [0.5, 0.02, 0.0], "prefill": [1.0, 0.01, 0.01, 0.004, 0.2, 0.05, 0.0],
-            "decode_step": [0.3, 0.3, 0.1, 0.0], "other": [1.0, 0.1, 0.0]}
+            "decode_step": [0.3, 0.3, 0.1, 0.0], "finish": [1.0, 0.1]}
     LatencyEstimator(coef).save(path / "latency_estimator.json")
     return path
 

@@ -15,7 +15,7 @@ TRUE = {
     "vision": [0.8, 0.01, 2e-5],
     "prefill": [0.5, 0.004, 0.002, 0.0007, 0.3, 0.05, 1e-6],
     "decode_step": [0.4, 0.6, 0.08, 0.0005],
-    "other": [2.0, 0.3, 0.05],
+    "finish": [0.7, 0.05],
 }
 
 
@@ -30,10 +30,10 @@ def synthetic_profile(coef=TRUE, noise=0.0, seed=0):
         steps = est.decode_step_ms(b, k, t + np.arange(1, n)) * (1 + noise * rng.standard_normal(n - 1))
         row = {"knobs": f"{image}/k{k}/b{b}", "prompt": text, "image_tokens": image, "prompt_tokens": t,
                "generated_tokens": n, "top_k": k, "num_blocks": b, "decode_steps_ms": steps.tolist(),
-               "decode": float(steps.sum())}
-        for phase in ("vision", "prefill", "other"):
+               "decode": float(steps.sum() + p["finish"] * (1 + noise * rng.standard_normal()))}
+        for phase in ("vision", "prefill"):
             row[phase] = float(p[phase]) * (1 + noise * rng.standard_normal())
-        row["total"] = row["vision"] + row["prefill"] + row["decode"] + row["other"]
+        row["total"] = row["vision"] + row["prefill"] + row["decode"]
         rows.append(row)
     return rows
 
@@ -58,7 +58,7 @@ def test_fit_generalises_to_held_out_settings_under_noise():
 def test_fitted_coefficients_are_non_negative():
     rows = synthetic_profile()
     for r in rows:  # a phase that shrinks with blocks would need a negative coefficient
-        r["other"] = 5.0 - 0.5 * r["num_blocks"]
+        r["prefill"] = 5.0 - 0.5 * r["num_blocks"]
     est = fit_estimator(rows)
     assert all((c >= 0).all() for c in est.coef.values())
 
@@ -94,18 +94,20 @@ def test_prediction_is_vectorised_and_matches_requests():
     phases = est.predict(*cols)
     assert all(v.shape == (n,) for v in phases.values())
     np.testing.assert_allclose(est.predict_total(*cols), phases["total"])
-    np.testing.assert_allclose(phases["total"], phases["vision"] + phases["prefill"] + phases["decode"]
-                               + phases["other"])
+    np.testing.assert_allclose(phases["total"], phases["vision"] + phases["prefill"] + phases["decode"])
+    np.testing.assert_allclose(phases["decode"], phases["decode_steps"] + phases["finish"])
     tiers = {4: "low", 16: "medium", 64: "high"}
     reqs = [Request(Knobs(tiers[int(c[0])], int(c[3]), int(c[4])), int(c[0]), int(c[1]), int(c[2]))
             for c in zip(*cols)]
     provider = EstimatorLatency(est)
     assert provider.needs_inputs is False
     np.testing.assert_allclose(provider.latency_ms(reqs), phases["total"])
+    finish = 0.7 + 0.05 * 3
     one = est.predict(16, 24, 1, 2, 3)
-    assert one["decode"] == 0 and one["decode_per_token"] == 0  # one token: prefill only
+    assert one["decode"] == pytest.approx(finish) and one["decode_per_token"] == 0  # one token: no decode step
     step = decode_step_features(3, 2, 25) @ np.array(TRUE["decode_step"])
-    assert est.predict(16, 24, 2, 2, 3)["decode"] == pytest.approx(step)
+    assert est.predict(16, 24, 2, 2, 3)["decode"] == pytest.approx(step + finish)
+    assert est.predict(16, 24, 2, 2, 3)["decode_per_token"] == pytest.approx(step)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -22,7 +22,7 @@ from grpo_ctrl.latency import (
 from grpo_ctrl.latency.providers import default_estimator_path
 
 COEF = {"vision": [1, 0, 0], "prefill": [1, 0.01, 0, 0, 0.1, 0, 0], "decode_step": [0.5, 0.2, 0, 0],
-        "other": [2, 0.1, 0]}
+        "finish": [2, 0.1]}
 
 
 def _latency_cfg(**kw):
@@ -44,7 +44,7 @@ def test_factory_builds_each_kind(tiny_vlm, tmp_path):
     exp = LatencyExperiment(vlm=tiny_vlm)
     assert make_latency_provider("hooked", tiny_vlm, cfg, experiment=exp).experiment is exp
     req = Request(Knobs("low", 1, 2), 4, 12, 3)
-    assert est.latency_ms([req])[0] == pytest.approx(1 + 1 + 0.12 + 0.2 + 2 * (0.5 + 0.4) + 2 + 0.3)
+    assert est.latency_ms([req])[0] == pytest.approx(1 + 1 + 0.12 + 0.2 + 2 * (0.5 + 0.4) + 2 + 0.2)
 
 
 def test_factory_errors(tiny_vlm, tmp_path):

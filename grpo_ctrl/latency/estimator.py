@@ -4,13 +4,14 @@ Phases and features (all counts at batch 1; T = prompt tokens = BOS + image + qu
 B = num_blocks, K = top_k, N = generated tokens, p = KV length during a decode step):
 
 - vision  ~ [1, n_img, n_img^2]                                 (encoder + projector on the tier's tokens)
-- prefill ~ [1, T, T*B, T*B*K, B, B*K, T^2*B]                    (per-token, per-block, expert and attention work)
+- prefill ~ [1, T, T*B, T*B*K, B, B*K, T^2*B]                    (set-up, per-token, per-block, expert, attention)
 - decode step ~ [1, B, B*K, B*p]; step i of N-1 has p = T + i   (summed in closed form over the steps)
-- other   ~ [1, N, B]                                           (generate() bookkeeping)
+- finish  ~ [1, B]                                              (after the last forward: output assembly)
 
-total = vision + prefill + sum of the N-1 decode steps + other. Coefficients are non-negative (each feature
-counts work), fitted by least squares on relative error (rows weighted by 1/measured). Prediction is
-vectorised over numpy arrays.
+The phases are those of `hooked.PhaseTiming`, which partition a request's wall time:
+decode = sum of the N-1 decode steps + finish, and total = vision + prefill + decode. Coefficients are
+non-negative (each feature counts work), fitted to minimise the mean absolute relative error (`fit_nonneg`).
+Prediction is vectorised over numpy arrays.
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ ESTIMATOR_FILE = "latency_estimator.json"
 DEFAULT_ESTIMATOR_PATH = EMBEDDED_DIR / ESTIMATOR_FILE
 REFIT_COMMAND = "python experiments/profile_latency.py"
 FORMAT = "grpo_ctrl.latency_estimator"
-VERSION = 1
+VERSION = 2  # 2: phases partition the request (no `other`; decode = steps + finish)
 
 FEATURES: dict[str, tuple[str, ...]] = {
     "vision": ("1", "img", "img^2"),
     "prefill": ("1", "T", "T*B", "T*B*K", "B", "B*K", "T^2*B"),
     "decode_step": ("1", "B", "B*K", "B*p"),
-    "other": ("1", "N", "B"),
+    "finish": ("1", "B"),
 }
-PHASES = ("vision", "prefill", "decode", "other")
+PHASES = ("vision", "prefill", "decode")
 
 
 class EstimatorError(RuntimeError):
@@ -72,9 +73,9 @@ def decode_sum_features(prefill_tokens, num_blocks, top_k, generated_tokens) -> 
     return np.stack([steps, steps * b, steps * b * k, b * sum_p], axis=-1)
 
 
-def other_features(generated_tokens, num_blocks) -> np.ndarray:
-    n, b = np.broadcast_arrays(_f(generated_tokens), _f(num_blocks))
-    return np.stack([np.ones_like(n), n, b], axis=-1)
+def finish_features(num_blocks) -> np.ndarray:
+    b = _f(num_blocks)
+    return np.stack([np.ones_like(b), b], axis=-1)
 
 
 def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
@@ -105,16 +106,26 @@ def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarra
     return x
 
 
-def fit_nonneg(features: np.ndarray, target: np.ndarray, relative: bool = True) -> np.ndarray:
-    """Non-negative coefficients of `features @ coef ~= target`, on relative error when `relative`."""
-    x, y = _f(features), _f(target)
-    if x.shape[0] == 0:
-        return np.zeros(x.shape[1])
-    w = 1.0 / np.maximum(np.abs(y), 1e-9) if relative else np.ones_like(y)
+def _weighted_nnls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     xw, yw = x * w[:, None], y * w
     scale = np.abs(xw).max(axis=0)
     scale[scale == 0] = 1.0
     return nnls(xw / scale, yw) / scale
+
+
+def fit_nonneg(features: np.ndarray, target: np.ndarray, iterations: int = 20) -> np.ndarray:
+    """Non-negative coefficients of `features @ coef ~= target` minimising the mean absolute relative error
+    (the MAPE the estimator is judged by): least squares on relative error, then iteratively reweighted least
+    squares towards the L1 solution, which also keeps the right-skewed latency outliers from pulling the fit."""
+    x, y = _f(features), _f(target)
+    if x.shape[0] == 0:
+        return np.zeros(x.shape[1])
+    inv = 1.0 / np.maximum(np.abs(y), 1e-9)
+    coef = _weighted_nnls(x, y, inv)
+    for _ in range(iterations):
+        rel = np.abs(x @ coef - y) * inv
+        coef = _weighted_nnls(x, y, inv / np.sqrt(np.maximum(rel, 1e-4)))
+    return coef
 
 
 class LatencyEstimator:
@@ -133,29 +144,29 @@ class LatencyEstimator:
 
     # ------------------------------------------------------------------ prediction
     def predict(self, image_tokens, prompt_tokens, generated_tokens, top_k, num_blocks) -> dict[str, np.ndarray]:
-        """Per-phase ms (`vision`, `prefill`, `decode`, `other`, `total`, `decode_per_token`) for arrays of
-        requests; inputs broadcast against each other."""
-        img, prm, n, k, b = np.broadcast_arrays(_f(image_tokens), _f(prompt_tokens), _f(generated_tokens),
-                                                _f(top_k), _f(num_blocks))
-        t = prm
+        """Per-phase ms (`vision`, `prefill`, `decode`, `total`; `decode_steps` and `finish` within decode,
+        `decode_per_token` = decode_steps / (N - 1)) for arrays of requests; inputs broadcast."""
+        img, t, n, k, b = np.broadcast_arrays(_f(image_tokens), _f(prompt_tokens), _f(generated_tokens),
+                                              _f(top_k), _f(num_blocks))
+        steps = decode_sum_features(t, b, k, n) @ self.coef["decode_step"]
+        finish = finish_features(b) @ self.coef["finish"]
         out = {
             "vision": vision_features(img) @ self.coef["vision"],
             "prefill": prefill_features(t, b, k) @ self.coef["prefill"],
-            "decode": decode_sum_features(t, b, k, n) @ self.coef["decode_step"],
-            "other": other_features(n, b) @ self.coef["other"],
+            "decode": steps + finish,
+            "decode_steps": steps,
+            "finish": finish,
+            "decode_per_token": np.where(n > 1, steps / np.maximum(n - 1, 1), 0.0),
         }
-        out["total"] = out["vision"] + out["prefill"] + out["decode"] + out["other"]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out["decode_per_token"] = np.where(n > 1, out["decode"] / np.maximum(n - 1, 1), 0.0)
+        out["total"] = out["vision"] + out["prefill"] + out["decode"]
         return out
 
     def predict_total(self, image_tokens, prompt_tokens, generated_tokens, top_k, num_blocks) -> np.ndarray:
-        img, prm, n, k, b = np.broadcast_arrays(_f(image_tokens), _f(prompt_tokens), _f(generated_tokens),
-                                                _f(top_k), _f(num_blocks))
-        t = prm
+        img, t, n, k, b = np.broadcast_arrays(_f(image_tokens), _f(prompt_tokens), _f(generated_tokens),
+                                              _f(top_k), _f(num_blocks))
         return (vision_features(img) @ self.coef["vision"] + prefill_features(t, b, k) @ self.coef["prefill"]
                 + decode_sum_features(t, b, k, n) @ self.coef["decode_step"]
-                + other_features(n, b) @ self.coef["other"])
+                + finish_features(b) @ self.coef["finish"])
 
     def decode_step_ms(self, num_blocks, top_k, kv_length) -> np.ndarray:
         return decode_step_features(num_blocks, top_k, kv_length) @ self.coef["decode_step"]
@@ -214,8 +225,8 @@ def _col(rows: Sequence[Mapping], key: str) -> np.ndarray:
 
 
 def fit_estimator(rows: Iterable[Mapping], meta: dict | None = None) -> LatencyEstimator:
-    """Fit every phase on profile rows: dicts with `PROFILE_KEYS`, the phases `vision`, `prefill`, `decode`,
-    `other` (ms) and `decode_steps_ms` (ms of each decode step, N-1 of them)."""
+    """Fit every phase on profile rows: dicts with `PROFILE_KEYS`, the phases `vision`, `prefill`, `decode`
+    (ms) and `decode_steps_ms` (ms of each decode step, N-1 of them; the rest of `decode` is the finish)."""
     rows = list(rows)
     if not rows:
         raise ValueError("fit_estimator: the profile is empty")
@@ -223,7 +234,7 @@ def fit_estimator(rows: Iterable[Mapping], meta: dict | None = None) -> LatencyE
     coef = {
         "vision": fit_nonneg(vision_features(img), _col(rows, "vision")),
         "prefill": fit_nonneg(prefill_features(t, b, k), _col(rows, "prefill")),
-        "other": fit_nonneg(other_features(n, b), _col(rows, "other")),
+        "finish": fit_nonneg(finish_features(b), _col(rows, "decode") - np.array([_steps_ms(r) for r in rows])),
     }
     step_b, step_k, step_p, step_y = [], [], [], []
     for r, ti in zip(rows, t):
@@ -234,6 +245,10 @@ def fit_estimator(rows: Iterable[Mapping], meta: dict | None = None) -> LatencyE
             step_y.append(ms)
     coef["decode_step"] = fit_nonneg(decode_step_features(step_b, step_k, step_p), step_y)
     return LatencyEstimator(coef, {**(meta or {}), "fitted_rows": len(rows), "fitted_decode_steps": len(step_y)})
+
+
+def _steps_ms(row: Mapping) -> float:
+    return float(sum(row.get("decode_steps_ms") or ()))
 
 
 def abs_pct_errors(pred, true) -> np.ndarray:
@@ -253,11 +268,9 @@ def evaluate(estimator: LatencyEstimator, rows: Sequence[Mapping]) -> dict[str, 
         out[f"{phase}_mape"] = float(abs_pct_errors(pred[phase], _col(rows, phase)).mean())
     multi = n > 1
     if multi.any():
-        measured = _col(rows, "decode")[multi]
-        out["decode_mape"] = float(abs_pct_errors(pred["decode"][multi], measured).mean())
-        out["decode_per_token_mape"] = float(abs_pct_errors(pred["decode_per_token"][multi],
-                                                            measured / (n[multi] - 1)).mean())
-    out["other_mape"] = float(abs_pct_errors(pred["other"], _col(rows, "other")).mean())
+        out["decode_mape"] = float(abs_pct_errors(pred["decode"][multi], _col(rows, "decode")[multi]).mean())
+        per_token = np.array([_steps_ms(r) for r in rows])[multi] / (n[multi] - 1)
+        out["decode_per_token_mape"] = float(abs_pct_errors(pred["decode_per_token"][multi], per_token).mean())
     errors = abs_pct_errors(pred["total"], _col(rows, "total"))
     out["total_p90_abs_pct"] = float(np.percentile(errors, 90))
     out["total_max_abs_pct"] = float(errors.max())

@@ -1,14 +1,19 @@
 """Hooked latency: vision / prefill / decode of ONE generate() call, from forward hooks.
 
-- `vision`: forward_pre_hook on `model.model.vision_tower` -> forward_hook on `model.model.multi_modal_projector`
-  (vision encoder + projector; transformers 5.x runs it before the first forward, inside generate());
-- `prefill`: the first top-level forward of the Llava model (pre + post hooks on `vlm.model`);
-- `decode`: the later forwards, one per generated token after the first (`decode_steps_ms`);
-- `total`: wall time of the whole `AdaptiveVLM.generate` call; `other = total - (vision + prefill + decode)`
-  is generate() bookkeeping (input preparation, cache set-up, logits processing, stopping checks).
+The hooks stamp the boundaries of the request's phases; the phases are the intervals between them, so they
+partition the request's wall time (the serving view: time to first token, then time per output token):
 
-Every phase comes from the same call: nothing is subtracted between separate runs. Hooks are removed in
-`finally`, also when generate() raises.
+- `vision`: vision encoder + projector (pre-hook on `model.model.vision_tower`, hook on
+  `model.model.multi_modal_projector`);
+- `prefill`: the rest of the time to the first token: from the call's start to the end of the first top-level
+  forward of the Llava model (knob application, input and cache set-up, the prompt's forward), minus vision;
+- `decode`: from there to the call's end. `decode_steps_ms[i]` is the interval between the ends of forwards
+  i and i+1 (that token's forward plus the logits processing and stopping checks before it); what follows
+  the last forward (output assembly) is `decode - sum(decode_steps_ms)`.
+
+`forward_ms` is the part of the call spent inside the vision encoder and the top-level forwards (model work);
+the rest is generate() bookkeeping. Every number comes from the same call: nothing is subtracted between
+separate runs. Hooks are removed in `finally`, also when generate() raises.
 """
 
 from __future__ import annotations
@@ -21,21 +26,21 @@ import torch
 
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency.base import Request, require_inputs
-from grpo_ctrl.latency.clock import now
+from grpo_ctrl.latency.clock import Timeline
 
-PHASES = ("vision", "prefill", "decode", "other")
+PHASES = ("vision", "prefill", "decode")
 
 
 @dataclass(frozen=True)
 class PhaseTiming:
-    """Phases (ms) and token counts of one batch-1 request; `vision + prefill + decode + other == total`."""
+    """Phases (ms) and token counts of one batch-1 request; `vision + prefill + decode == total`."""
 
     vision: float
     prefill: float
     decode: float
-    other: float
     total: float
     decode_steps_ms: tuple[float, ...] = field(default=())
+    forward_ms: float = 0.0  # inside the vision encoder and the model's forwards (the rest is bookkeeping)
     image_tokens: int = 0
     prompt_tokens: int = 0  # prompt length without padding: BOS + image tokens + question
     generated_tokens: int = 0  # EOS included
@@ -47,13 +52,18 @@ class PhaseTiming:
 
     @property
     def ttft(self) -> float:
-        """Time to first token, as far as the model's work goes: vision + prefill."""
+        """Time to first token: vision + prefill."""
         return self.vision + self.prefill
 
     @property
     def covered(self) -> float:
-        """Fraction of `total` inside the hooked phases (vision + prefill + decode)."""
+        """(vision + prefill + decode) / total: 1 up to rounding, since the phases partition the call."""
         return (self.vision + self.prefill + self.decode) / self.total if self.total > 0 else float("nan")
+
+    @property
+    def forward_share(self) -> float:
+        """Fraction of `total` spent in model forwards (vision included)."""
+        return self.forward_ms / self.total if self.total > 0 else float("nan")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -74,47 +84,47 @@ class PhaseTiming:
             return float(np.median([getattr(r, name) for r in runs]))
 
         steps = np.median(np.array([r.decode_steps_ms for r in runs], dtype=float).reshape(len(runs), -1), axis=0)
-        return cls(med("vision"), med("prefill"), med("decode"), med("other"), med("total"),
-                   tuple(float(s) for s in steps), first.image_tokens, first.prompt_tokens,
-                   first.generated_tokens, first.ended_with_eos)
+        return cls(med("vision"), med("prefill"), med("decode"), med("total"), tuple(float(s) for s in steps),
+                   med("forward_ms"), first.image_tokens, first.prompt_tokens, first.generated_tokens,
+                   first.ended_with_eos)
 
 
 class PhaseTimer:
-    """Forward hooks on a Llava-style model that time vision, each top-level forward, and nothing else.
+    """Forward hooks on a Llava-style model that stamp the start and end of vision and of each top-level forward.
 
-    Use as a context manager around one generate() call; `attach()` / `detach()` also work. Timestamps use
-    `clock.now(device)`: synchronised on GPU before every read, `time.perf_counter` on CPU.
+    Use as a context manager around one generate() call; `attach()` / `detach()` also work. Stamps come from a
+    `clock.Timeline`: `time.perf_counter` on CPU, CUDA events read after the call on GPU (no synchronize inside it).
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None):
         self.model = model
         self.vision_tower = model.model.vision_tower
         self.projector = model.model.multi_modal_projector
-        self.device = device
+        self.timeline = Timeline(device)
         self._handles: list = []
         self.reset()
 
     def reset(self) -> None:
-        self.vision_intervals: list[tuple[float, float]] = []
-        self.forward_intervals: list[tuple[float, float]] = []
-        self._vision_start: float | None = None
-        self._forward_start: float | None = None
+        self.vision_intervals: list[tuple] = []  # (start stamp, end stamp)
+        self.forward_intervals: list[tuple] = []
+        self._vision_start = None
+        self._forward_start = None
 
     # Hooks read the current lists through `self`, so `reset()` may replace them (no bound `.append`).
     def _on_vision_start(self, module, args) -> None:
-        self._vision_start = now(self.device)
+        self._vision_start = self.timeline.stamp()
 
     def _on_vision_end(self, module, args, output) -> None:
         if self._vision_start is not None:
-            self.vision_intervals.append((self._vision_start, now(self.device)))
+            self.vision_intervals.append((self._vision_start, self.timeline.stamp()))
             self._vision_start = None
 
     def _on_forward_start(self, module, args) -> None:
-        self._forward_start = now(self.device)
+        self._forward_start = self.timeline.stamp()
 
     def _on_forward_end(self, module, args, output) -> None:
         if self._forward_start is not None:
-            self.forward_intervals.append((self._forward_start, now(self.device)))
+            self.forward_intervals.append((self._forward_start, self.timeline.stamp()))
             self._forward_start = None
 
     def attach(self) -> PhaseTimer:
@@ -144,16 +154,22 @@ class PhaseTimer:
     def __exit__(self, *exc) -> None:
         self.detach()
 
-    def phases_ms(self) -> tuple[float, float, list[float]]:
-        """(vision, prefill, decode steps) in ms from the recorded intervals."""
-        vision = sum(e - s for s, e in self.vision_intervals)
-        if not self.forward_intervals:
-            return vision * 1000, 0.0, []
-        (p0, p1), rest = self.forward_intervals[0], self.forward_intervals[1:]
-        prefill = p1 - p0
-        # Older transformers encode the image inside the first forward: keep the phases disjoint.
-        inside = sum(e - s for s, e in self.vision_intervals if s >= p0 and e <= p1)
-        return vision * 1000, (prefill - inside) * 1000, [(e - s) * 1000 for s, e in rest]
+    def phases_ms(self, end) -> dict:
+        """Phases (ms) of the call from `timeline.start()` to the stamp `end`, and its `total`."""
+        sec = self.timeline.seconds
+        end = sec(end)
+        visions = [(sec(s), sec(e)) for s, e in self.vision_intervals]
+        forwards = [(sec(s), sec(e)) for s, e in self.forward_intervals]
+        vision = sum(e - s for s, e in visions)
+        forward = sum(e - s for s, e in forwards)
+        # Older transformers encode the image inside the first forward: count that time once.
+        forward -= sum(e - s for s, e in visions if any(s >= f0 and e <= f1 for f0, f1 in forwards))
+        ends = [e for _, e in forwards]
+        first_token = ends[0] if ends else end  # seconds since the call's start
+        return {"vision": vision * 1000, "prefill": (first_token - vision) * 1000,
+                "decode": (end - first_token) * 1000,
+                "decode_steps_ms": tuple((b - a) * 1000 for a, b in zip(ends, ends[1:])),
+                "forward_ms": (vision + forward) * 1000, "total": end * 1000}
 
 
 def hooked_generate(vlm, inputs: dict[str, torch.Tensor], knobs: Knobs, max_new_tokens: int = 2,
@@ -164,18 +180,14 @@ def hooked_generate(vlm, inputs: dict[str, torch.Tensor], knobs: Knobs, max_new_
     """
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError(f"hooked latency is defined at batch 1, got a batch of {inputs['input_ids'].shape[0]}")
-    device = vlm.model.device
-    timer = PhaseTimer(vlm.model, device)
+    timer = PhaseTimer(vlm.model, vlm.model.device)
     with timer:
-        start = now(device)
+        timer.timeline.start()
         gen = vlm.generate(inputs, knobs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                            image_features=image_features)
-        total = (now(device) - start) * 1000
-    vision, prefill, steps = timer.phases_ms()
-    decode = float(sum(steps))
+        end = timer.timeline.stamp()
     request = Request.for_vlm(vlm, inputs, knobs, gen.num_generated[0], keep_inputs=False)
-    timing = PhaseTiming(vision=vision, prefill=prefill, decode=decode, other=total - (vision + prefill + decode),
-                         total=total, decode_steps_ms=tuple(steps), image_tokens=request.image_tokens,
+    timing = PhaseTiming(**timer.phases_ms(end), image_tokens=request.image_tokens,
                          prompt_tokens=request.prompt_tokens, generated_tokens=request.generated_tokens,
                          ended_with_eos=bool(gen.ended_with_eos[0]))
     return timing, gen

@@ -176,9 +176,12 @@ class AdaptiveVLM:
 
     @torch.no_grad()
     def question_features(self, questions: Sequence[str]) -> torch.Tensor:
-        """Mean token embedding of each question (B, H): what a controller may read before the vision encoder."""
+        """Mean token embedding of each question (B, H), on the CPU where the controller runs: what a controller
+        may read before the vision encoder."""
         embed = self.model.get_input_embeddings()
-        return torch.stack([embed(torch.tensor(ids)).mean(0) for ids in self.processor.question_ids(questions)])
+        device = embed.weight.device
+        return torch.stack([embed(torch.tensor(ids, device=device)).mean(0).cpu()
+                            for ids in self.processor.question_ids(questions)])
 
     @staticmethod
     def vision_summary(image_features: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,93 @@
+"""Serving form of a trained `TwoStageController`: greedy batch-1 decisions in numpy.
+
+Every layer before a GELU is linear, so the budget and question projections fold into the first layer of
+each stage and the vision projection into stage 2's: a decision is two small matrix-vector products per
+stage instead of ~25 torch modules and ops (each of which costs a few microseconds of dispatch at batch 1).
+Its argmax is the module's (same weights, float32 rounding aside).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grpo_ctrl.controller import TwoStageController
+from grpo_ctrl.knobs import Knobs, KnobSpace
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+class GreedyPolicy:
+    """`tier(budget, question)` before the vision encoder, `rest(vision)` after it (same request)."""
+
+    def __init__(self, controller: TwoStageController):
+        c = controller
+        f = c.budget.proj.out_features
+
+        def w(linear):  # fold in float64, serve in float32
+            return linear.weight.detach().double().cpu().numpy(), linear.bias.detach().double().cpu().numpy()
+
+        wb, bb = w(c.budget.proj)
+        wq, bq = w(c.question)
+        wv, bv = w(c.vision)
+        w1, b1 = w(c.stage1[0])
+        w2, b2 = w(c.stage2[0])
+        n_t = c.n_tiers
+        w1b, w1q = w1[:, :f], w1[:, f:]
+        w2b, w2q, w2v, w2t = w2[:, :f], w2[:, f:2 * f], w2[:, 2 * f:3 * f], w2[:, 3 * f:3 * f + n_t]
+        self.hidden = w1.shape[0]
+        # Pre-activations of both stages from the budget encoding and the question, computed at stage 1.
+        self.budget_w = np.vstack([w1b @ wb, w2b @ wb]).astype(np.float32)
+        self.question_w = np.vstack([w1q @ wq, w2q @ wq]).astype(np.float32)
+        self.bias = np.concatenate([w1b @ bb + w1q @ bq + b1, w2b @ bb + w2q @ bq + w2v @ bv + b2]).astype(np.float32)
+        self.vision_w = (w2v @ wv).astype(np.float32)
+        self.tier_w = np.ascontiguousarray(w2t.T).astype(np.float32)  # (tiers, H): one row per chosen tier
+        self.out1_w, self.out1_b = (a.astype(np.float32) for a in w(c.stage1[2]))
+        self.out2_w, self.out2_b = (a.astype(np.float32) for a in w(c.stage2[2]))
+        self.freqs = c.budget.freqs.double().cpu().numpy()
+        self.n_k = c.n_k
+        self.space: KnobSpace = c.space
+        self._pre2: np.ndarray | None = None
+        self._tier: int | None = None
+
+    def tier(self, budget: float, question) -> int:
+        """Stage 1: tier index for a budget fraction and a question feature (H,). Keeps what stage 2 reuses."""
+        angles = budget * self.freqs
+        enc = np.concatenate([[budget], np.sin(angles), np.cos(angles)]).astype(np.float32)
+        pre = self.budget_w @ enc + self.question_w @ np.asarray(question, dtype=np.float32) + self.bias
+        h = self.hidden
+        self._pre2 = pre[h:]
+        self._tier = int(np.argmax(self.out1_w @ _gelu_tanh(pre[:h]) + self.out1_b))
+        return self._tier
+
+    def rest(self, vision) -> tuple[int, int]:
+        """Stage 2: (top_k index, num_blocks index) from the pooled vision feature (H,) at the chosen tier."""
+        if self._pre2 is None:
+            raise RuntimeError("GreedyPolicy.rest() before tier(): stage 2 reads stage 1's request encoding")
+        pre = self._pre2 + self.vision_w @ np.asarray(vision, dtype=np.float32) + self.tier_w[self._tier]
+        logits = self.out2_w @ _gelu_tanh(pre) + self.out2_b
+        return int(np.argmax(logits[: self.n_k])), int(np.argmax(logits[self.n_k:]))
+
+    def decide(self, budget: float, question, vision_at_tier) -> Knobs:
+        """Both stages; `vision_at_tier(tier_name)` returns the pooled vision feature once the tier is known."""
+        t = self.tier(budget, question)
+        k, b = self.rest(vision_at_tier(self.space.tier_names[t]))
+        return self.space.from_index(t, k, b)
+
+    @classmethod
+    def load(cls, path: str | Path) -> GreedyPolicy:
+        """From a run's `controller.pt` (state dict, knob space and config, as train.py writes it)."""
+        from omegaconf import OmegaConf
+
+        from grpo_ctrl.controller import build_controller
+
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        state = saved["state_dict"]
+        controller = build_controller(OmegaConf.create(saved["config"]["controller"]), KnobSpace(**saved["knob_space"]),
+                                      state["question.weight"].shape[1], state["vision.weight"].shape[1])
+        controller.load_state_dict(state)
+        return cls(controller)
