@@ -76,3 +76,23 @@ def test_bad_config_exits_before_loading_anything(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("config error: group_size=1") and "\n" not in err
+
+
+def test_measured_validation_budgets_are_fractions_of_the_measured_full_latency(tiny_model_dir, tmp_path,
+                                                                                monkeypatch):
+    from grpo_ctrl.latency import MeasuredLatency
+
+    def fake_measure(self, requests):  # the "machine" runs full knobs in 100 ms, anything else in 30 ms
+        full = self.vlm.knob_space.full
+        return torch.tensor([100.0 if r.knobs == full else 30.0 for r in requests]).numpy()
+
+    monkeypatch.setattr(MeasuredLatency, "latency_ms", fake_measure)
+    report = train(small_cfg(tiny_model_dir, "latency=measured", "steps=1", "val_every=1"), tmp_path,
+                   ParallelContext())
+    assert report["val_reference_latency_ms"] == 100.0
+    assert report["reference_latency_ms"] != 100.0  # training's unit comes from the estimator
+    for frac, b in report["budgets"].items():
+        assert b["budget_ms"] == pytest.approx(float(frac) * 100.0)
+        n = sum(b["controller"]["knobs"].values())
+        full_share = b["controller"]["knobs"].get("high/k4/b4", 0) / n
+        assert b["controller"]["violation_rate"] == pytest.approx(full_share if float(frac) < 1 else 0.0)
