@@ -112,8 +112,8 @@ class LatencyExperiment(BaseExperiment):
     def measure_inference_latency(self, inputs_or_sample: dict[str, torch.Tensor] | VQASample, knobs: Knobs,
                                   max_new_tokens: int | None = None, min_new_tokens: int | None = None,
                                   image_features: torch.Tensor | None = None) -> PhaseTiming:
-        """Vision / prefill / decode (+ per-step decode) / other / total ms and token counts of ONE batch-1
-        generate() call, from forward hooks that are removed afterwards (also when generate raises)."""
+        """Vision / prefill / decode (+ per-step decode) ms, which sum to the total, and token counts of ONE
+        batch-1 generate() call, from forward hooks that are removed afterwards (also when generate raises)."""
         if isinstance(inputs_or_sample, VQASample):
             inputs = self.inputs_for(inputs_or_sample, knobs)
         else:  # moved before the clock starts (a no-op when already there)

@@ -51,15 +51,17 @@ class JointGRPOTrainer:
         self.ref_ms = self.ctx.broadcast_object(self._reference_latency())
 
     # ------------------------------------------------------------ budgets and latency
-    def _reference_latency(self, provider=None) -> float:
-        """Full-knob latency (ms) of a typical request from `provider` (default: training's): the unit of
-        fractional budgets."""
+    def _reference_latency(self) -> float:
+        """Full-knob latency (ms) of a typical request from the training provider: the unit of fractional
+        budgets."""
         if self.cfg.budgets.unit == "ms":
             return 1.0
+        return float(np.median(self.latency(self.train_latency, *self._reference_requests())))
+
+    def _reference_requests(self) -> tuple[list[Prompt], list[Knobs], list[Outcome]]:
         prompts = self.val_pool[:16]
         knobs = [self.space.full] * len(prompts)
-        lat = self.latency(provider or self.train_latency, prompts, knobs, self.engine.run(prompts, knobs))
-        return float(np.median(lat))
+        return prompts, knobs, self.engine.run(prompts, knobs)
 
     def latency(self, provider, prompts: Sequence[Prompt], knobs: Sequence[Knobs],
                 outcomes: Sequence[Outcome]) -> np.ndarray:
@@ -148,28 +150,32 @@ class JointGRPOTrainer:
     def validate(self, provider=None) -> dict:
         """Greedy policy on the val prompts at every val budget; this rank's shard, gathered on all ranks.
 
-        A measuring provider also measures the reference (full-knob) latency now, on this machine: a budget
-        fraction means a fraction of what the full model costs where it is served, whatever the estimator
-        was fitted on."""
+        Every distinct (prompt, knobs) pair is timed once, all in one provider call, so a measuring provider
+        interleaves them. With fractional budgets a measuring provider also times the reference (full-knob)
+        requests in that same call: a budget fraction means a fraction of what the full model costs on this
+        machine, measured alongside the requests it is compared with."""
         provider = provider or self.val_latency
-        ref_ms = self.ref_ms
-        if provider.needs_inputs and self.cfg.budgets.unit == "fraction":
-            ref_ms = self.ctx.broadcast_object(self._reference_latency(provider))
         shard = self.ctx.shard(self.val_pool)
-        rows = []
-        measured: dict = {}
+        chosen = {}
         for frac in self.cfg.budgets.val:
-            budgets = np.full(len(shard), frac)
-            *_, actions = self.decide(shard, budgets)
+            *_, actions = self.decide(shard, np.full(len(shard), frac))
             knobs = self.controller.to_knobs(actions)
-            outcomes = self.engine.run(shard, knobs)
-            todo = [i for i, (p, k) in enumerate(zip(shard, knobs)) if (p.key, k) not in measured]
-            if todo:
-                lat = self.latency(provider, [shard[i] for i in todo], [knobs[i] for i in todo],
-                                   [outcomes[i] for i in todo])
-                measured.update({(shard[i].key, knobs[i]): t for i, t in zip(todo, lat)})
+            chosen[frac] = (knobs, self.engine.run(shard, knobs))
+        pairs = {}
+        for knobs, outcomes in chosen.values():
             for p, k, o in zip(shard, knobs, outcomes):
-                rows.append((frac, str(k), o.score, measured[(p.key, k)]))
+                pairs.setdefault((p.key, k), (p, k, o))
+        todo = list(pairs.values())
+        measure_reference = provider.needs_inputs and self.cfg.budgets.unit == "fraction"
+        if measure_reference:
+            todo += list(zip(*self._reference_requests()))
+        lat = self.latency(provider, *zip(*todo)) if todo else np.zeros(0)
+        measured = {key: t for key, t in zip(pairs, lat)}
+        ref_ms = self.ref_ms
+        if measure_reference:
+            ref_ms = float(np.median(np.concatenate(self.ctx.all_gather_objects(lat[len(pairs):]))))
+        rows = [(frac, str(k), o.score, measured[(p.key, k)])
+                for frac, (knobs, outcomes) in chosen.items() for p, k, o in zip(shard, knobs, outcomes)]
         rows = [r for part in self.ctx.all_gather_objects(rows) for r in part]
         report = {}
         for frac in self.cfg.budgets.val:

@@ -98,14 +98,19 @@ class _FakeExperiment:
         return PhaseTiming(0.0, total, 0.0, total, (0.0,) * (max_new_tokens - 1), 0.0, 4, 10, max_new_tokens)
 
 
-def test_hooked_provider_warms_up_repeats_and_takes_the_median():
+def test_hooked_provider_interleaves_passes_and_takes_the_median():
     exp = _FakeExperiment()
     provider = HookedLatency(exp, warmup=2, repeats=3)
     reqs = [Request(Knobs("low", 1, 2), 4, 10, 4, {"input_ids": None}),
             Request(Knobs("low", 1, 2), 4, 10, 2, {"input_ids": None})]
     out = provider.latency_ms(reqs)
-    assert len(exp.calls) == 10 and exp.calls[:5] == [(4, 4)] * 5 and exp.calls[5:] == [(2, 2)] * 5
-    np.testing.assert_allclose(out, [4.0, 9.0])  # medians of the timed calls 3..5 and 8..10
+    assert len(exp.calls) == 10 and all(a == b for a, b in exp.calls)  # forced length: min == max
+    # five passes, each runs both requests once (in its own order): the calls alternate pass by pass
+    assert all(sorted(exp.calls[2 * p: 2 * p + 2]) == [(2, 2), (4, 4)] for p in range(5))
+    # each request's latency is the median of its calls in the three timed passes (calls 5..10)
+    for req, value in zip(reqs, out):
+        timed = [i + 1 for i, c in enumerate(exp.calls) if i >= 4 and c[0] == req.generated_tokens]
+        assert value == float(np.median(timed))
     assert [p.generated_tokens for p in provider.last_phases] == [4, 2]
     with pytest.raises(ValueError, match="inputs"):
         provider.latency_ms([Request(Knobs("low", 1, 2), 4, 10, 2)])
@@ -133,7 +138,8 @@ def test_measured_provider_respects_warmup_repeats_and_forced_length(tiny_vlm, s
     a, b = Knobs("low", 1, 2), Knobs("low", 4, 4)
     provider = MeasuredLatency(tiny_vlm, warmup=2, repeats=3)
     out = provider.latency_ms([Request.for_vlm(tiny_vlm, inputs, a, 3), Request.for_vlm(tiny_vlm, inputs, b, 1)])
-    assert calls == [(a, 3, 3)] * 5 + [(b, 1, 1)] * 5
+    assert sorted(calls) == sorted([(a, 3, 3)] * 5 + [(b, 1, 1)] * 5)
+    assert all({c[0] for c in calls[2 * p: 2 * p + 2]} == {a, b} for p in range(5))  # passes over both
     assert out.shape == (2,) and (out > 0).all()
     assert [s.n for s in provider.last_stats] == [3, 3]
     assert out[0] == provider.last_stats[0].p50

@@ -8,7 +8,7 @@ it into phases.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,3 +76,19 @@ def require_inputs(request: Request, provider: str) -> dict[str, torch.Tensor]:
     if request.generated_tokens < 1:
         raise ValueError(f"generated_tokens={request.generated_tokens} must be >= 1")
     return request.inputs
+
+
+def interleaved_runs(requests: Sequence[Request], run_one: Callable[[Request], Any], warmup: int, repeats: int,
+                     seed: int = 0) -> list[list]:
+    """Results of `repeats` timed runs of each request, after `warmup` untimed ones, taken in passes over all
+    requests (each pass in its own random order). A machine's speed drifts over seconds to minutes; run
+    back to back, one request's repeats would share one moment's speed, while across passes every request,
+    and the reference it is compared with, sees the same mix of moments."""
+    rng = np.random.default_rng(seed)
+    runs: list[list] = [[] for _ in requests]
+    for p in range(warmup + repeats):
+        for i in rng.permutation(len(requests)):
+            result = run_one(requests[i])
+            if p >= warmup:
+                runs[i].append(result)
+    return runs

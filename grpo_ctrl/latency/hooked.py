@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from grpo_ctrl.knobs import Knobs
-from grpo_ctrl.latency.base import Request, require_inputs
+from grpo_ctrl.latency.base import Request, interleaved_runs, require_inputs
 from grpo_ctrl.latency.clock import Timeline
 
 PHASES = ("vision", "prefill", "decode")
@@ -197,8 +197,9 @@ class HookedLatency:
     """Latency provider from hooked generate() calls of a `LatencyExperiment` (or anything with a
     `measure_inference_latency(inputs, knobs, max_new_tokens=, min_new_tokens=)` returning `PhaseTiming`).
 
-    Each request: `warmup` untimed calls, then `repeats` hooked calls; its latency is the median total and
-    `last_phases` keeps the per-field median `PhaseTiming` of each request of the last `latency_ms` call.
+    `warmup` untimed passes over the requests, then `repeats` hooked passes (`base.interleaved_runs`); a
+    request's latency is its median total, and `last_phases` keeps the per-field median `PhaseTiming` of
+    each request of the last `latency_ms` call.
     """
 
     name = "hooked"
@@ -212,20 +213,20 @@ class HookedLatency:
         self.repeats = repeats
         self.last_phases: list[PhaseTiming] = []
 
-    def measure(self, request: Request) -> PhaseTiming:
-        inputs = require_inputs(request, self.name)
+    def _measure_once(self, request: Request) -> PhaseTiming:
         n = request.generated_tokens
-        runs = []
-        for i in range(self.warmup + self.repeats):
-            timing = self.experiment.measure_inference_latency(inputs, request.knobs, max_new_tokens=n,
-                                                               min_new_tokens=n)
-            if i >= self.warmup:
-                runs.append(timing)
-        return PhaseTiming.median(runs)
+        return self.experiment.measure_inference_latency(require_inputs(request, self.name), request.knobs,
+                                                         max_new_tokens=n, min_new_tokens=n)
 
     def phases(self, requests: Sequence[Request]) -> list[PhaseTiming]:
-        self.last_phases = [self.measure(r) for r in requests]
+        for r in requests:
+            require_inputs(r, self.name)
+        runs = interleaved_runs(requests, self._measure_once, self.warmup, self.repeats)
+        self.last_phases = [PhaseTiming.median(ts) for ts in runs]
         return self.last_phases
+
+    def measure(self, request: Request) -> PhaseTiming:
+        return self.phases([request])[0]
 
     def latency_ms(self, requests: Sequence[Request]) -> np.ndarray:
         return np.array([p.total for p in self.phases(requests)], dtype=float)

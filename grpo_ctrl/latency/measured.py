@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from grpo_ctrl.knobs import Knobs
-from grpo_ctrl.latency.base import Request, require_inputs
+from grpo_ctrl.latency.base import Request, interleaved_runs, require_inputs
 from grpo_ctrl.latency.clock import now
 
 
@@ -60,8 +60,9 @@ def median_generate_ms(vlm, samples, knobs: Knobs, warmup: int = 1, repeats: int
 
 
 class MeasuredLatency:
-    """Latency provider that times full generate() calls: per request `warmup` untimed calls, then the median
-    of `repeats` timed ones, with exactly `generated_tokens` new tokens (min_new_tokens == max_new_tokens).
+    """Latency provider that times full generate() calls with exactly `generated_tokens` new tokens
+    (min_new_tokens == max_new_tokens): `warmup` untimed passes over the requests, then `repeats` timed
+    passes (`base.interleaved_runs`); each request's latency is the median of its timed runs.
 
     `last_stats` keeps the `LatencyStats` (p50/p90/p99/CV) of each request of the last `latency_ms` call.
     """
@@ -77,16 +78,21 @@ class MeasuredLatency:
         self.repeats = repeats
         self.last_stats: list[LatencyStats] = []
 
-    def measure(self, request: Request) -> LatencyStats:
-        device = self.vlm.model.device
-        inputs = {k: v.to(device) for k, v in require_inputs(request, self.name).items()}
+    def _time_once(self, request: Request) -> float:
         n = request.generated_tokens
-        return LatencyStats.of(time_generate(self.vlm, inputs, request.knobs, warmup=self.warmup,
-                                             repeats=self.repeats, max_new_tokens=n, min_new_tokens=n))
+        return time_generate(self.vlm, request.inputs, request.knobs, warmup=0, repeats=1, max_new_tokens=n,
+                             min_new_tokens=n)[0]
 
     def stats(self, requests: Sequence[Request]) -> list[LatencyStats]:
-        self.last_stats = [self.measure(r) for r in requests]
+        device = self.vlm.model.device
+        on_device = [replace(r, inputs={k: v.to(device) for k, v in require_inputs(r, self.name).items()})
+                     for r in requests]
+        runs = interleaved_runs(on_device, self._time_once, self.warmup, self.repeats)
+        self.last_stats = [LatencyStats.of(x) for x in runs]
         return self.last_stats
+
+    def measure(self, request: Request) -> LatencyStats:
+        return self.stats([request])[0]
 
     def latency_ms(self, requests: Sequence[Request]) -> np.ndarray:
         return np.array([s.p50 for s in self.stats(requests)], dtype=float)
