@@ -1,0 +1,20 @@
+"""Validation report helpers."""
+
+import pytest
+
+from grpo_ctrl.report import crossfit_accuracy
+
+
+def test_crossfit_picks_on_one_half_and_scores_on_the_other():
+    lucky_even = {"scores": [1, 0, 1, 0, 1, 0]}  # right on every even prompt only
+    lucky_odd = {"scores": [0, 1, 0, 1, 0, 1]}
+    steady = {"scores": [1, 1, 0, 1, 1, 0]}
+    # even half picks lucky_even (1.0) and scores it on odd prompts: 0; odd half picks lucky_odd: 0 on even ones;
+    # in-sample, every setting would look at least as good as 0.5
+    assert crossfit_accuracy([lucky_even, lucky_odd]) == 0.0
+    # with a setting that is good on both halves, both picks can find it
+    assert crossfit_accuracy([steady, {"scores": [0] * 6}]) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    # settings tied on the choosing half share the pick instead of the first one winning
+    perfect_on_odd = {"scores": [0, 1, 0, 1, 0, 1]}
+    # even half picks the all-ones setting (1.0 on odd); odd half ties it with perfect_on_odd (0 on even): 0.5
+    assert crossfit_accuracy([steady, perfect_on_odd, {"scores": [1] * 6}]) == pytest.approx((1.0 + 0.5) / 2)
