@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,13 @@ def run_ddp(cfg: DictConfig, run_dir: Path) -> None:
 def _ddp_worker(local_rank: int, container: dict, run_dir: str, nproc: int, port: int) -> None:
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    _ddp_rank(OmegaConf.create(container), Path(run_dir))
+    try:
+        _ddp_rank(OmegaConf.create(container), Path(run_dir))
+    except Exception:
+        # The parent re-raises the first failure it notices, which can be another rank's consequence (a
+        # collective that lost its peer): every rank prints its own error, so the cause is always shown.
+        print(f"[rank {local_rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
+        raise
 
 
 def _ddp_rank(cfg: DictConfig, run_dir: Path) -> None:
