@@ -119,7 +119,6 @@ class DistributedContext(ParallelContext):
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, rank=rank, world_size=world)
         super().__init__(rank=rank, world_size=world, device=dev)
-        self.backend = backend
         self._wrapped: list[nn.Module] = []
 
     def wrap(self, module: nn.Module) -> nn.Module:

@@ -39,10 +39,9 @@ class Timeline:
         event.record()
         return event
 
-    def start(self):
+    def start(self) -> None:
         now(self.device)
         self._origin = self.stamp()
-        return self._origin
 
     def seconds(self, stamp) -> float:
         """Seconds from `start()` to `stamp` (on CUDA: synchronises once on the stamp)."""

@@ -225,8 +225,5 @@ class HookedLatency:
         self.last_phases = [PhaseTiming.median(ts) for ts in runs]
         return self.last_phases
 
-    def measure(self, request: Request) -> PhaseTiming:
-        return self.phases([request])[0]
-
     def latency_ms(self, requests: Sequence[Request]) -> np.ndarray:
         return np.array([p.total for p in self.phases(requests)], dtype=float)

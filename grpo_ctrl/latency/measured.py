@@ -91,8 +91,5 @@ class MeasuredLatency:
         self.last_stats = [LatencyStats.of(x) for x in runs]
         return self.last_stats
 
-    def measure(self, request: Request) -> LatencyStats:
-        return self.stats([request])[0]
-
     def latency_ms(self, requests: Sequence[Request]) -> np.ndarray:
         return np.array([s.p50 for s in self.stats(requests)], dtype=float)
