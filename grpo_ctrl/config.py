@@ -85,6 +85,7 @@ class LatencyConfig:
     train_noise_cv: float = 0.0  # training reward sees latency x lognormal noise of this CV (real latency jitters)
     warmup: int = 1  # measured / hooked: untimed runs before timing
     repeats: int = 3  # measured: timed runs per request (median)
+    threads: int | None = None  # measured / hooked: intra-op threads while timing (null: the run's `threads`)
 
 
 @dataclass
@@ -187,6 +188,8 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
                 "data.val_size", "grpo.num_iterations", "controller.hidden"):
         _require(OmegaConf.select(cfg, key) >= 1, f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
     _require(cfg.lr > 0, f"lr={cfg.lr} must be > 0")
+    _require(cfg.latency.threads is None or cfg.latency.threads >= 1,
+             f"latency.threads={cfg.latency.threads} must be >= 1, or null to time with the run's threads")
     _require(cfg.latency.train_noise_cv >= 0, f"latency.train_noise_cv={cfg.latency.train_noise_cv} must be >= 0")
     _require(cfg.grpo.epsilon > 0, f"grpo.epsilon={cfg.grpo.epsilon} must be > 0")
     b = cfg.budgets

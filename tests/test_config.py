@@ -52,6 +52,7 @@ def test_every_group_option_composes_and_validates(group, option):
     ("lr=0", "lr=0"),
     ("grpo.advantage=rank", "grpo.advantage='rank'"),
     ("latency.val=wallclock", "latency.val='wallclock'"),
+    ("latency.threads=0", "latency.threads=0"),
     ("logger.mode=cloud", "logger.mode='cloud'"),
 ])
 def test_bad_values_are_rejected_with_one_line(override, message):

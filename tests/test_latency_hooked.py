@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.experiment import LatencyExperiment
@@ -143,6 +144,25 @@ def test_measured_provider_respects_warmup_repeats_and_forced_length(tiny_vlm, s
     assert out.shape == (2,) and (out > 0).all()
     assert [s.n for s in provider.last_stats] == [3, 3]
     assert out[0] == provider.last_stats[0].p50
+
+
+@pytest.mark.parametrize("make", [
+    lambda vlm: MeasuredLatency(vlm, warmup=1, repeats=2, threads=1),
+    lambda vlm: HookedLatency(LatencyExperiment(vlm=vlm), warmup=1, repeats=2, threads=1),
+])
+def test_providers_time_with_their_threads_and_restore_the_process_threads(tiny_vlm, sample, monkeypatch, make):
+    torch.set_num_threads(2)
+    seen = []
+    original = tiny_vlm.generate
+
+    def spying(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_vlm, "generate", spying)
+    inputs = tiny_vlm.inputs([sample.image], [sample.question], "low")
+    make(tiny_vlm).latency_ms([Request.for_vlm(tiny_vlm, inputs, Knobs("low", 1, 2), 2)])
+    assert seen == [1, 1, 1] and torch.get_num_threads() == 2
 
 
 def test_measured_provider_rejects_batches_and_missing_inputs(tiny_vlm):

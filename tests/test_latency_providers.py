@@ -31,13 +31,14 @@ def _latency_cfg(**kw):
 
 def test_factory_builds_each_kind(tiny_vlm, tmp_path):
     path = LatencyEstimator(COEF).save(tmp_path / "est.json")
-    cfg = _latency_cfg(estimator_path=str(path), warmup=2, repeats=4)
+    cfg = _latency_cfg(estimator_path=str(path), warmup=2, repeats=4, threads=1)
     est = make_latency_provider("estimator", tiny_vlm, cfg)
     measured = make_latency_provider("measured", tiny_vlm, cfg)
     hooked = make_latency_provider("hooked", tiny_vlm, cfg)
     assert isinstance(est, EstimatorLatency) and not est.needs_inputs
-    assert isinstance(measured, MeasuredLatency) and (measured.warmup, measured.repeats) == (2, 4)
+    assert isinstance(measured, MeasuredLatency) and (measured.warmup, measured.repeats, measured.threads) == (2, 4, 1)
     assert isinstance(hooked, HookedLatency) and isinstance(hooked.experiment, LatencyExperiment)
+    assert hooked.threads == 1 and make_latency_provider("measured", tiny_vlm, _latency_cfg()).threads is None
     assert hooked.experiment.vlm is tiny_vlm and measured.needs_inputs and hooked.needs_inputs
     for p in (est, measured, hooked):
         assert isinstance(p, LatencyProvider)

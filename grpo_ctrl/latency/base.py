@@ -8,7 +8,8 @@ it into phases.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -78,17 +79,34 @@ def require_inputs(request: Request, provider: str) -> dict[str, torch.Tensor]:
     return request.inputs
 
 
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to `threads` inside the block (None: unchanged). On a small machine,
+    timing with fewer threads than cores leaves a core for the OS and the Python loop: with every core in one
+    parallel region, one preempted thread stalls the whole op (2-core VM, embedded VLM: the spread of a
+    request's median-of-5 latency is CV ~10% at 2 threads, ~3% at 1)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def interleaved_runs(requests: Sequence[Request], run_one: Callable[[Request], Any], warmup: int, repeats: int,
-                     seed: int = 0) -> list[list]:
+                     seed: int = 0, threads: int | None = None) -> list[list]:
     """Results of `repeats` timed runs of each request, after `warmup` untimed ones, taken in passes over all
-    requests (each pass in its own random order). A machine's speed drifts over seconds to minutes; run
-    back to back, one request's repeats would share one moment's speed, while across passes every request,
-    and the reference it is compared with, sees the same mix of moments."""
+    requests (each pass in its own random order), with `threads` intra-op threads (`intra_op_threads`).
+    A machine's speed drifts over seconds to minutes; run back to back, one request's repeats would share
+    one moment's speed, while across passes every request, and the reference it is compared with, sees the
+    same mix of moments."""
     rng = np.random.default_rng(seed)
     runs: list[list] = [[] for _ in requests]
-    for p in range(warmup + repeats):
-        for i in rng.permutation(len(requests)):
-            result = run_one(requests[i])
-            if p >= warmup:
-                runs[i].append(result)
+    with intra_op_threads(threads):
+        for p in range(warmup + repeats):
+            for i in rng.permutation(len(requests)):
+                result = run_one(requests[i])
+                if p >= warmup:
+                    runs[i].append(result)
     return runs

@@ -197,20 +197,22 @@ class HookedLatency:
     """Latency provider from hooked generate() calls of a `LatencyExperiment` (or anything with a
     `measure_inference_latency(inputs, knobs, max_new_tokens=, min_new_tokens=)` returning `PhaseTiming`).
 
-    `warmup` untimed passes over the requests, then `repeats` hooked passes (`base.interleaved_runs`); a
-    request's latency is its median total, and `last_phases` keeps the per-field median `PhaseTiming` of
-    each request of the last `latency_ms` call.
+    `warmup` untimed passes over the requests, then `repeats` hooked passes (`base.interleaved_runs`, with
+    `threads` as in `MeasuredLatency`); a request's latency is its median total, and `last_phases` keeps the
+    per-field median `PhaseTiming` of each request of the last `latency_ms` call.
     """
 
     name = "hooked"
     needs_inputs = True
 
-    def __init__(self, experiment, warmup: int = 1, repeats: int = 1):
-        if warmup < 0 or repeats < 1:
-            raise ValueError(f"hooked latency: warmup={warmup} must be >= 0 and repeats={repeats} >= 1")
+    def __init__(self, experiment, warmup: int = 1, repeats: int = 1, threads: int | None = None):
+        if warmup < 0 or repeats < 1 or (threads is not None and threads < 1):
+            raise ValueError(f"hooked latency: warmup={warmup} must be >= 0, repeats={repeats} >= 1 and "
+                             f"threads={threads} >= 1 or None")
         self.experiment = experiment
         self.warmup = warmup
         self.repeats = repeats
+        self.threads = threads
         self.last_phases: list[PhaseTiming] = []
 
     def _measure_once(self, request: Request) -> PhaseTiming:
@@ -221,7 +223,7 @@ class HookedLatency:
     def phases(self, requests: Sequence[Request]) -> list[PhaseTiming]:
         for r in requests:  # every request is checked before any is timed
             require_inputs(r, self.name)
-        runs = interleaved_runs(requests, self._measure_once, self.warmup, self.repeats)
+        runs = interleaved_runs(requests, self._measure_once, self.warmup, self.repeats, threads=self.threads)
         self.last_phases = [PhaseTiming.median(ts) for ts in runs]
         return self.last_phases
 

@@ -62,7 +62,8 @@ def median_generate_ms(vlm, samples, knobs: Knobs, warmup: int = 1, repeats: int
 class MeasuredLatency:
     """Latency provider that times full generate() calls with exactly `generated_tokens` new tokens
     (min_new_tokens == max_new_tokens): `warmup` untimed passes over the requests, then `repeats` timed
-    passes (`base.interleaved_runs`); each request's latency is the median of its timed runs.
+    passes (`base.interleaved_runs`, with `threads` intra-op threads; None keeps the process's); each
+    request's latency is the median of its timed runs.
 
     `last_stats` keeps the `LatencyStats` (p50/p90/p99/CV) of each request of the last `latency_ms` call.
     """
@@ -70,12 +71,14 @@ class MeasuredLatency:
     name = "measured"
     needs_inputs = True
 
-    def __init__(self, vlm, warmup: int = 1, repeats: int = 3):
-        if warmup < 0 or repeats < 1:
-            raise ValueError(f"measured latency: warmup={warmup} must be >= 0 and repeats={repeats} >= 1")
+    def __init__(self, vlm, warmup: int = 1, repeats: int = 3, threads: int | None = None):
+        if warmup < 0 or repeats < 1 or (threads is not None and threads < 1):
+            raise ValueError(f"measured latency: warmup={warmup} must be >= 0, repeats={repeats} >= 1 and "
+                             f"threads={threads} >= 1 or None")
         self.vlm = vlm
         self.warmup = warmup
         self.repeats = repeats
+        self.threads = threads
         self.last_stats: list[LatencyStats] = []
 
     def _time_once(self, request: Request) -> float:
@@ -87,7 +90,7 @@ class MeasuredLatency:
         device = self.vlm.model.device
         on_device = [replace(r, inputs={k: v.to(device) for k, v in require_inputs(r, self.name).items()})
                      for r in requests]
-        runs = interleaved_runs(on_device, self._time_once, self.warmup, self.repeats)
+        runs = interleaved_runs(on_device, self._time_once, self.warmup, self.repeats, threads=self.threads)
         self.last_stats = [LatencyStats.of(x) for x in runs]
         return self.last_stats
 

@@ -32,17 +32,18 @@ def make_latency_provider(kind: str, vlm=None, latency_cfg: Any = None, experime
     """Provider for `kind` in estimator | measured | hooked.
 
     - estimator: `LatencyEstimator.load(latency_cfg.estimator_path or <model dir>/latency_estimator.json)`;
-    - measured: `MeasuredLatency(vlm, latency_cfg.warmup, latency_cfg.repeats)`;
-    - hooked: `HookedLatency(experiment or LatencyExperiment(vlm=vlm), latency_cfg.warmup, latency_cfg.repeats)`.
+    - measured: `MeasuredLatency(vlm, latency_cfg.warmup, latency_cfg.repeats, latency_cfg.threads)`;
+    - hooked: `HookedLatency(experiment or LatencyExperiment(vlm=vlm), warmup, repeats, threads)` (same keys).
     """
     if kind == "estimator":
         path = _get(latency_cfg, "estimator_path") or default_estimator_path(vlm)
         return EstimatorLatency(LatencyEstimator.load(path))
     warmup, repeats = int(_get(latency_cfg, "warmup", 1)), int(_get(latency_cfg, "repeats", 3))
+    threads = _get(latency_cfg, "threads")
     if kind == "measured":
         if vlm is None:
             raise ValueError("the measured latency provider needs the vlm")
-        return MeasuredLatency(vlm, warmup=warmup, repeats=repeats)
+        return MeasuredLatency(vlm, warmup=warmup, repeats=repeats, threads=threads)
     if kind == "hooked":
         if experiment is None:
             if vlm is None:
@@ -50,5 +51,5 @@ def make_latency_provider(kind: str, vlm=None, latency_cfg: Any = None, experime
             from grpo_ctrl.experiment import LatencyExperiment
 
             experiment = LatencyExperiment(vlm=vlm)
-        return HookedLatency(experiment, warmup=warmup, repeats=repeats)
+        return HookedLatency(experiment, warmup=warmup, repeats=repeats, threads=threads)
     raise ValueError(f"latency provider {kind!r} is unknown; use one of {list(KINDS)}")
