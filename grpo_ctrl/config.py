@@ -69,6 +69,7 @@ class RewardConfig:
     violation_penalty: float = 2.0  # default: accuracy - violation_penalty * max(0, L - B) / B
     latency_cost: float = 0.0  # default: optional - latency_cost * L / B
     violation_cost: float = 0.0  # default: optional - violation_cost * [L > B] (a per-request SLO)
+    gold_prob_weight: float = 0.0  # accuracy term = (1 - w) * answer score + w * p(gold answer), both rewards
     alpha: float = 1.0  # seed formula (see grpo_ctrl/reward.py)
     beta: float = 0.5
     gamma: float = 10.0
@@ -188,6 +189,8 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
                 "data.val_size", "grpo.num_iterations", "controller.hidden"):
         _require(OmegaConf.select(cfg, key) >= 1, f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
     _require(cfg.lr > 0, f"lr={cfg.lr} must be > 0")
+    _require(0 <= cfg.reward.gold_prob_weight <= 1,
+             f"reward.gold_prob_weight={cfg.reward.gold_prob_weight} must be in [0, 1] (0: exact answer score only)")
     _require(cfg.latency.threads is None or cfg.latency.threads >= 1,
              f"latency.threads={cfg.latency.threads} must be >= 1, or null to time with the run's threads")
     _require(cfg.latency.train_noise_cv >= 0, f"latency.train_noise_cv={cfg.latency.train_noise_cv} must be >= 0")

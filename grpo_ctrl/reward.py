@@ -9,6 +9,16 @@ import numpy as np
 RewardFn = Callable[..., np.ndarray]
 
 
+def accuracy_signal(score, gold_prob, gold_prob_weight: float = 0.0) -> np.ndarray:
+    """The accuracy term of a reward: (1 - w) * answer score + w * p(gold answer). The exact score is 0/1 per
+    (prompt, knobs), so settings that are right slightly more often look alike in a group; the model's
+    probability of the gold answer ranks them densely (e.g. at a loose budget, the setting that is surest)."""
+    score = np.asarray(score, dtype=float)
+    if gold_prob_weight == 0:
+        return score
+    return (1.0 - gold_prob_weight) * score + gold_prob_weight * np.asarray(gold_prob, dtype=float)
+
+
 def default_reward(accuracy, latency, budget, complexity=None, violation_penalty: float = 2.0,
                    latency_cost: float = 0.0, violation_cost: float = 0.0) -> np.ndarray:
     """accuracy - violation_penalty * max(0, L - B) / B - latency_cost * L / B - violation_cost * [L > B]."""

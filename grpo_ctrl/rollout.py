@@ -32,6 +32,7 @@ class Outcome:
     prompt_tokens: int  # input length without padding: <s> + image tokens + question
     generated_tokens: int  # EOS included
     ended_with_eos: bool
+    gold_prob: float = float("nan")  # probability of the (best) gold answer's first token at the first step
 
 
 class RolloutEngine:
@@ -102,10 +103,13 @@ class RolloutEngine:
         inputs = vlm.processor.text_inputs([p.sample.question for p in prompts], pool)
         inputs = {k: v.to(vlm.model.device) for k, v in inputs.items()}
         feats = self.vision_tokens(prompts, knobs.tier, vlm).to(vlm.model.device)
-        gen = vlm.generate(inputs, knobs, max_new_tokens=self.max_new_tokens, image_features=feats)
+        gen = vlm.generate(inputs, knobs, max_new_tokens=self.max_new_tokens, image_features=feats,
+                           return_first_logits=True)
+        probs = gen.first_logits.float().softmax(dim=-1).cpu()
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         n_image = vlm.processor.num_image_tokens(pool)
         for i, p in enumerate(prompts):
+            gold = max(float(probs[i, vlm.answer_first_token(a)]) for a in p.sample.answers)
             self._outcomes[(p.key, knobs)] = Outcome(gen.answers[i], vqa_score(gen.answers[i], p.sample.answers),
                                                      n_image, int(lengths[i]), gen.num_generated[i],
-                                                     gen.ended_with_eos[i])
+                                                     gen.ended_with_eos[i], gold)

@@ -18,7 +18,7 @@ from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import Request
 from grpo_ctrl.parallel import ParallelContext
-from grpo_ctrl.reward import RewardFn
+from grpo_ctrl.reward import RewardFn, accuracy_signal
 from grpo_ctrl.rollout import Outcome, Prompt, RolloutEngine
 
 
@@ -110,7 +110,8 @@ class JointGRPOTrainer:
             noise = rng.standard_normal((cfg.prompts_per_step, G))[mine].reshape(-1)
             lat = lat * np.exp(np.sqrt(np.log1p(cfg.latency.train_noise_cv**2)) * noise)
         budget = self.budget_ms(b.numpy())
-        rewards = torch.as_tensor(self.reward(acc, lat, budget, complexity(self.space, knobs)), dtype=torch.float)
+        signal = accuracy_signal(acc, [o.gold_prob for o in outcomes], cfg.reward.gold_prob_weight)
+        rewards = torch.as_tensor(self.reward(signal, lat, budget, complexity(self.space, knobs)), dtype=torch.float)
         grouped = rewards.view(per_rank, G)
         batch_std = None
         if cfg.grpo.advantage == "batch":

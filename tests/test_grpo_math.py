@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
-from grpo_ctrl.reward import default_reward, seed_reward
+from grpo_ctrl.reward import accuracy_signal, default_reward, seed_reward
 
 
 def test_group_advantages_by_hand():
@@ -77,3 +77,11 @@ def test_seed_reward_by_hand():
 def test_violation_cost_is_a_step_at_the_budget():
     r = default_reward([1, 1], [100, 100.5], [100, 100], violation_penalty=0.0, violation_cost=0.7)
     assert np.allclose(r, [1.0, 0.3])
+
+
+def test_accuracy_signal_mixes_score_and_gold_probability():
+    assert list(accuracy_signal([1, 0, 1], [0.9, 0.4, 0.6], 0.0)) == [1, 0, 1]
+    assert accuracy_signal([1, 0, 1], [0.9, 0.4, 0.6], 0.25) == pytest.approx([0.975, 0.1, 0.9])
+    # two right answers are told apart by how sure the model was
+    right_sure, right_unsure = accuracy_signal([1, 1], [0.99, 0.6], 0.3)
+    assert right_sure > right_unsure

@@ -96,3 +96,31 @@ def test_measured_validation_budgets_are_fractions_of_the_measured_full_latency(
         n = sum(b["controller"]["knobs"].values())
         full_share = b["controller"]["knobs"].get("high/k4/b4", 0) / n
         assert b["controller"]["violation_rate"] == pytest.approx(full_share if float(frac) < 1 else 0.0)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.4])
+def test_reward_sees_the_gold_probability_mix(tiny_model_dir, weight):
+    from grpo_ctrl.build import build_data, build_vlm
+    from grpo_ctrl.controller import build_controller
+    from grpo_ctrl.latency import make_latency_provider
+    from grpo_ctrl.rollout import Prompt, RolloutEngine
+
+    cfg = small_cfg(tiny_model_dir, f"reward.gold_prob_weight={weight}")
+    vlm, data = build_vlm(cfg.model), build_data(cfg.data)
+    engine, seen = RolloutEngine(vlm), {}
+    pool = [Prompt(("train", i), data.sample("train", i)) for i in range(24)]
+    est = make_latency_provider("estimator", vlm, cfg.latency)
+
+    def reward(accuracy, latency, budget, complexity):
+        seen["accuracy"] = torch.as_tensor(accuracy)
+        return seen["accuracy"]
+
+    trainer = JointGRPOTrainer(cfg, engine, build_controller(cfg.controller, vlm.knob_space, 64, 64), est, est,
+                               reward, pool, pool[:4], Path("/tmp/unused"), ParallelContext())
+    original = engine.run
+    engine.run = lambda prompts, knobs: seen.setdefault("outcomes", original(prompts, knobs))
+    trainer.train_step(0)
+    score = torch.tensor([o.score for o in seen["outcomes"]], dtype=torch.float64)
+    gold = torch.tensor([o.gold_prob for o in seen["outcomes"]], dtype=torch.float64)
+    assert ((gold >= 0) & (gold <= 1)).all()
+    assert torch.allclose(seen["accuracy"], (1 - weight) * score + weight * gold)

@@ -35,6 +35,7 @@ class Generation:
     new_tokens: torch.Tensor  # (B, T) generated ids, padded after EOS
     num_generated: list[int]  # tokens generated per row, EOS included
     ended_with_eos: list[bool]
+    first_logits: torch.Tensor | None = None  # (B, V) logits of the first new token (generate(return_first_logits))
 
 
 class AdaptiveVLM:
@@ -190,20 +191,29 @@ class AdaptiveVLM:
 
     @torch.no_grad()
     def generate(self, inputs: dict[str, torch.Tensor], knobs: Knobs, max_new_tokens: int = 2,
-                 min_new_tokens: int | None = None, image_features: torch.Tensor | None = None) -> Generation:
-        """Greedy generation under `knobs`. Pass `image_features` (from `encode_vision`) to skip the vision encoder."""
+                 min_new_tokens: int | None = None, image_features: torch.Tensor | None = None,
+                 return_first_logits: bool = False) -> Generation:
+        """Greedy generation under `knobs`. Pass `image_features` (from `encode_vision`) to skip the vision encoder;
+        `return_first_logits` keeps the raw logits of the first generated token (off when timing)."""
         kwargs = {k: v for k, v in inputs.items() if k != "pixel_values" or image_features is None}
         if image_features is not None:
             kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=list(image_features))}
         eos = self.processor.tokenizer.eos_token_id
         with self.apply(knobs):
             out = self.model.generate(**kwargs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                      do_sample=False, eos_token_id=eos)
-        new = out[:, inputs["input_ids"].shape[1]:]
+                                      do_sample=False, eos_token_id=eos, return_dict_in_generate=True,
+                                      output_logits=return_first_logits)
+        new = out.sequences[:, inputs["input_ids"].shape[1]:]
         is_eos = new == eos
         ended = is_eos.any(dim=1)
         lengths = torch.where(ended, is_eos.int().argmax(dim=1) + 1, new.shape[1])
-        return Generation(self.processor.decode_answers(new), new, lengths.tolist(), ended.tolist())
+        first = out.logits[0] if return_first_logits else None
+        return Generation(self.processor.decode_answers(new), new, lengths.tolist(), ended.tolist(), first)
+
+    def answer_first_token(self, answer: str) -> int:
+        """Id of the first token of `answer` as the tokenizer encodes it alone (the whole answer for the embedded
+        VLM's one-word answers)."""
+        return self.processor.tokenizer.encode(answer, add_special_tokens=False)[0]
 
     def answer(self, images, questions: Sequence[str], knobs: Knobs, **kwargs) -> Generation:
         return self.generate(self.inputs(images, questions, knobs.tier), knobs, **kwargs)
