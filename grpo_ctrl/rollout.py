@@ -47,6 +47,7 @@ class RolloutEngine:
         self._outcomes: dict[tuple[Hashable, Knobs], Outcome] = {}
         self._vision: dict[tuple[Hashable, str], torch.Tensor] = {}
         self._question: dict[Hashable, torch.Tensor] = {}
+        self._gold_ids: dict[Hashable, list[int]] = {}
 
     # ------------------------------------------------------------ controller features
     def question_features(self, prompts: Sequence[Prompt]) -> torch.Tensor:
@@ -109,7 +110,9 @@ class RolloutEngine:
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         n_image = vlm.processor.num_image_tokens(pool)
         for i, p in enumerate(prompts):
-            gold = max(float(probs[i, vlm.answer_first_token(a)]) for a in p.sample.answers)
+            if p.key not in self._gold_ids:
+                self._gold_ids[p.key] = [vlm.answer_first_token(a) for a in p.sample.answers]
+            gold = float(probs[i, self._gold_ids[p.key]].max())
             self._outcomes[(p.key, knobs)] = Outcome(gen.answers[i], vqa_score(gen.answers[i], p.sample.answers),
                                                      n_image, int(lengths[i]), gen.num_generated[i],
                                                      gen.ended_with_eos[i], gold)

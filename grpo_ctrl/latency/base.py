@@ -79,6 +79,12 @@ def require_inputs(request: Request, provider: str) -> dict[str, torch.Tensor]:
     return request.inputs
 
 
+def check_timing(provider: str, warmup: int, repeats: int, threads: int | None) -> None:
+    if warmup < 0 or repeats < 1 or (threads is not None and threads < 1):
+        raise ValueError(f"{provider} latency: warmup={warmup} must be >= 0, repeats={repeats} >= 1 and "
+                         f"threads={threads} >= 1 or None")
+
+
 @contextmanager
 def intra_op_threads(threads: int | None) -> Iterator[None]:
     """torch's intra-op CPU threads set to `threads` inside the block (None: unchanged). On a small machine,

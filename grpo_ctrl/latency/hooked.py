@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from grpo_ctrl.knobs import Knobs
-from grpo_ctrl.latency.base import Request, interleaved_runs, require_inputs
+from grpo_ctrl.latency.base import Request, check_timing, interleaved_runs, require_inputs
 from grpo_ctrl.latency.clock import Timeline
 
 PHASES = ("vision", "prefill", "decode")
@@ -206,9 +206,7 @@ class HookedLatency:
     needs_inputs = True
 
     def __init__(self, experiment, warmup: int = 1, repeats: int = 1, threads: int | None = None):
-        if warmup < 0 or repeats < 1 or (threads is not None and threads < 1):
-            raise ValueError(f"hooked latency: warmup={warmup} must be >= 0, repeats={repeats} >= 1 and "
-                             f"threads={threads} >= 1 or None")
+        check_timing(self.name, warmup, repeats, threads)
         self.experiment = experiment
         self.warmup = warmup
         self.repeats = repeats

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from grpo_ctrl.knobs import Knobs
-from grpo_ctrl.latency.base import Request, interleaved_runs, require_inputs
+from grpo_ctrl.latency.base import Request, check_timing, interleaved_runs, require_inputs
 from grpo_ctrl.latency.clock import now
 
 
@@ -72,9 +72,7 @@ class MeasuredLatency:
     needs_inputs = True
 
     def __init__(self, vlm, warmup: int = 1, repeats: int = 3, threads: int | None = None):
-        if warmup < 0 or repeats < 1 or (threads is not None and threads < 1):
-            raise ValueError(f"measured latency: warmup={warmup} must be >= 0, repeats={repeats} >= 1 and "
-                             f"threads={threads} >= 1 or None")
+        check_timing(self.name, warmup, repeats, threads)
         self.vlm = vlm
         self.warmup = warmup
         self.repeats = repeats
