@@ -106,13 +106,17 @@ class RolloutEngine:
         feats = self.vision_tokens(prompts, knobs.tier, vlm).to(vlm.model.device)
         gen = vlm.generate(inputs, knobs, max_new_tokens=self.max_new_tokens, image_features=feats,
                            return_first_logits=True)
-        probs = gen.first_logits.float().softmax(dim=-1).cpu()
+        for p in prompts:
+            if p.key not in self._gold_ids:
+                self._gold_ids[p.key] = [vlm.answer_first_token(a) for a in p.sample.answers]
+        # Only the gold answers' probabilities leave the device (a row of logits is vocabulary-sized).
+        width = max(len(self._gold_ids[p.key]) for p in prompts)
+        ids = torch.tensor([(ids * width)[:width] for ids in (self._gold_ids[p.key] for p in prompts)],
+                           device=gen.first_logits.device)
+        gold_probs = gen.first_logits.float().softmax(dim=-1).gather(1, ids).amax(dim=1).tolist()
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         n_image = vlm.processor.num_image_tokens(pool)
         for i, p in enumerate(prompts):
-            if p.key not in self._gold_ids:
-                self._gold_ids[p.key] = [vlm.answer_first_token(a) for a in p.sample.answers]
-            gold = float(probs[i, self._gold_ids[p.key]].max())
             self._outcomes[(p.key, knobs)] = Outcome(gen.answers[i], vqa_score(gen.answers[i], p.sample.answers),
                                                      n_image, int(lengths[i]), gen.num_generated[i],
-                                                     gen.ended_with_eos[i], gold)
+                                                     gen.ended_with_eos[i], gold_probs[i])
