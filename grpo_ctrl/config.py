@@ -108,7 +108,9 @@ class LoggerConfig:
 
 @dataclass
 class GRPOConfig:
-    advantage: str = "group"  # group | batch | none
+    # group | batch | none. batch: a group whose settings are all right differs only by tiny dense terms
+    # (gold-answer probability), and dividing by that group's own std would blow those up to +-1.
+    advantage: str = "batch"
     epsilon: float = 0.2  # PPO-style clip range
     num_iterations: int = 2  # optimisation passes over each rollout batch
     beta: float = 0.0  # KL to the frozen initial controller

@@ -30,6 +30,17 @@ def test_batch_and_none_advantages_by_hand():
         advantages(r, "rank")
 
 
+def test_batch_advantages_keep_a_dense_tie_break_small():
+    # Group 1: every setting answered right, gold-answer probabilities differ in the third decimal.
+    # Group 2: one setting answered wrong. Group std blows the tie-break up to the size of a wrong answer;
+    # batch std keeps it ~100x smaller (why `batch` is the default once reward.gold_prob_weight > 0).
+    r = torch.tensor([[0.999, 0.998], [1.0, 0.0]])
+    group, batch = advantages(r, "group"), advantages(r, "batch")
+    assert torch.allclose(group[0].abs(), group[1].abs(), rtol=0.01)
+    assert batch[0].abs().max() < batch[1].abs().max() / 100
+    assert torch.equal(torch.sign(batch), torch.sign(group))
+
+
 def test_clipped_surrogate_by_hand():
     logp_old = torch.log(torch.tensor([0.5, 0.5, 0.5]))
     logp = torch.log(torch.tensor([0.8, 0.3, 0.55]))  # ratios 1.6, 0.6, 1.1
