@@ -87,6 +87,7 @@ class LatencyConfig:
     warmup: int = 1  # measured / hooked: untimed runs before timing
     repeats: int = 3  # measured: timed runs per request (median)
     threads: int | None = None  # measured / hooked: intra-op threads while timing (null: the run's `threads`)
+    statistic: str = "median"  # measured / hooked: a request's latency over its repeats: median | min
 
 
 @dataclass
@@ -166,6 +167,7 @@ _CHOICES = {
     "logger.name": ("wandb", "none"),
     "logger.mode": ("online", "offline", "disabled"),
     "grpo.advantage": ("group", "batch", "none"),
+    "latency.statistic": ("median", "min"),
     "budgets.unit": ("fraction", "ms"),
     "model.dtype": ("float32", "float16", "bfloat16"),
 }

@@ -53,6 +53,7 @@ def test_every_group_option_composes_and_validates(group, option):
     ("grpo.advantage=rank", "grpo.advantage='rank'"),
     ("latency.val=wallclock", "latency.val='wallclock'"),
     ("latency.threads=0", "latency.threads=0"),
+    ("latency.statistic=mean", "latency.statistic='mean'"),
     ("reward.gold_prob_weight=1.5", "reward.gold_prob_weight=1.5"),
     ("logger.mode=cloud", "logger.mode='cloud'"),
 ])

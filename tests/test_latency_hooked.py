@@ -117,6 +117,19 @@ def test_hooked_provider_interleaves_passes_and_takes_the_median():
         provider.latency_ms([Request(Knobs("low", 1, 2), 4, 10, 2)])
 
 
+def test_hooked_provider_min_statistic_keeps_each_requests_fastest_run():
+    exp = _FakeExperiment()  # the n-th call takes n ms: a request's fastest timed run is its first
+    provider = HookedLatency(exp, warmup=1, repeats=3, statistic="min")
+    reqs = [Request(Knobs("low", 1, 2), 4, 10, 4, {"input_ids": None}),
+            Request(Knobs("low", 1, 2), 4, 10, 2, {"input_ids": None})]
+    out = provider.latency_ms(reqs)
+    for req, value, phases in zip(reqs, out, provider.last_phases):
+        timed = [i + 1 for i, c in enumerate(exp.calls) if i >= 2 and c[0] == req.generated_tokens]
+        assert value == min(timed) == phases.total and phases.generated_tokens == req.generated_tokens
+    with pytest.raises(ValueError, match="statistic='mean'"):
+        HookedLatency(exp, statistic="mean")
+
+
 def test_hooked_provider_on_the_tiny_model(tiny_vlm, sample):
     provider = HookedLatency(LatencyExperiment(vlm=tiny_vlm), warmup=0, repeats=1)
     knobs = Knobs("high", 2, 3)
@@ -144,6 +157,9 @@ def test_measured_provider_respects_warmup_repeats_and_forced_length(tiny_vlm, s
     assert out.shape == (2,) and (out > 0).all()
     assert [s.n for s in provider.last_stats] == [3, 3]
     assert out[0] == provider.last_stats[0].p50
+    fastest = MeasuredLatency(tiny_vlm, warmup=0, repeats=3, statistic="min")
+    out = fastest.latency_ms([Request.for_vlm(tiny_vlm, inputs, a, 3)])
+    assert out[0] == fastest.last_stats[0].min <= fastest.last_stats[0].p50
 
 
 @pytest.mark.parametrize("make", [

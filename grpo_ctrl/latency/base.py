@@ -79,10 +79,15 @@ def require_inputs(request: Request, provider: str) -> dict[str, torch.Tensor]:
     return request.inputs
 
 
-def check_timing(provider: str, warmup: int, repeats: int, threads: int | None) -> None:
+STATISTICS = ("median", "min")
+
+
+def check_timing(provider: str, warmup: int, repeats: int, threads: int | None, statistic: str = "median") -> None:
     if warmup < 0 or repeats < 1 or (threads is not None and threads < 1):
         raise ValueError(f"{provider} latency: warmup={warmup} must be >= 0, repeats={repeats} >= 1 and "
                          f"threads={threads} >= 1 or None")
+    if statistic not in STATISTICS:
+        raise ValueError(f"{provider} latency: statistic={statistic!r} is unknown; use one of {list(STATISTICS)}")
 
 
 @contextmanager

@@ -198,15 +198,18 @@ class HookedLatency:
     `measure_inference_latency(inputs, knobs, max_new_tokens=, min_new_tokens=)` returning `PhaseTiming`).
 
     `warmup` untimed passes over the requests, then `repeats` hooked passes (`base.interleaved_runs`, with
-    `threads` as in `MeasuredLatency`); a request's latency is its median total, and `last_phases` keeps the
-    per-field median `PhaseTiming` of each request of the last `latency_ms` call.
+    `threads` and `statistic` as in `MeasuredLatency`). With "median", a request's latency is its median total
+    and `last_phases` keeps the per-field median `PhaseTiming` of each request of the last `latency_ms` call;
+    with "min", both come from the request's fastest run (whose phases add up to its total).
     """
 
     name = "hooked"
     needs_inputs = True
 
-    def __init__(self, experiment, warmup: int = 1, repeats: int = 1, threads: int | None = None):
-        check_timing(self.name, warmup, repeats, threads)
+    def __init__(self, experiment, warmup: int = 1, repeats: int = 1, threads: int | None = None,
+                 statistic: str = "median"):
+        check_timing(self.name, warmup, repeats, threads, statistic)
+        self.statistic = statistic
         self.experiment = experiment
         self.warmup = warmup
         self.repeats = repeats
@@ -222,7 +225,10 @@ class HookedLatency:
         for r in requests:  # every request is checked before any is timed
             require_inputs(r, self.name)
         runs = interleaved_runs(requests, self._measure_once, self.warmup, self.repeats, threads=self.threads)
-        self.last_phases = [PhaseTiming.median(ts) for ts in runs]
+        if self.statistic == "min":
+            self.last_phases = [min(ts, key=lambda t: t.total) for ts in runs]
+        else:
+            self.last_phases = [PhaseTiming.median(ts) for ts in runs]
         return self.last_phases
 
     def latency_ms(self, requests: Sequence[Request]) -> np.ndarray:

@@ -14,6 +14,7 @@ from grpo_ctrl.latency.clock import now
 
 @dataclass(frozen=True)
 class LatencyStats:
+    min: float
     p50: float
     p90: float
     p99: float
@@ -28,7 +29,8 @@ class LatencyStats:
             raise ValueError("LatencyStats.of needs at least one sample")
         p50, p90, p99 = np.percentile(x, [50, 90, 99])
         mean = float(x.mean())
-        return cls(float(p50), float(p90), float(p99), mean, float(x.std() / mean) if mean else 0.0, len(x))
+        cv = float(x.std() / mean) if mean else 0.0
+        return cls(float(x.min()), float(p50), float(p90), float(p99), mean, cv, len(x))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +65,9 @@ class MeasuredLatency:
     """Latency provider that times full generate() calls with exactly `generated_tokens` new tokens
     (min_new_tokens == max_new_tokens): `warmup` untimed passes over the requests, then `repeats` timed
     passes (`base.interleaved_runs`, with `threads` intra-op threads; None keeps the process's); each
-    request's latency is the median of its timed runs.
+    request's latency is the `statistic` of its timed runs: "median" (what the request takes at a typical
+    moment on this machine) or "min" (what its knobs cost with the least interference from the rest of the
+    machine: on a shared VM, other tenants only ever add time).
 
     `last_stats` keeps the `LatencyStats` (p50/p90/p99/CV) of each request of the last `latency_ms` call.
     """
@@ -71,8 +75,10 @@ class MeasuredLatency:
     name = "measured"
     needs_inputs = True
 
-    def __init__(self, vlm, warmup: int = 1, repeats: int = 3, threads: int | None = None):
-        check_timing(self.name, warmup, repeats, threads)
+    def __init__(self, vlm, warmup: int = 1, repeats: int = 3, threads: int | None = None,
+                 statistic: str = "median"):
+        check_timing(self.name, warmup, repeats, threads, statistic)
+        self.statistic = statistic
         self.vlm = vlm
         self.warmup = warmup
         self.repeats = repeats
@@ -93,4 +99,5 @@ class MeasuredLatency:
         return self.last_stats
 
     def latency_ms(self, requests: Sequence[Request]) -> np.ndarray:
-        return np.array([s.p50 for s in self.stats(requests)], dtype=float)
+        field = "p50" if self.statistic == "median" else "min"
+        return np.array([getattr(s, field) for s in self.stats(requests)], dtype=float)

@@ -32,18 +32,18 @@ def make_latency_provider(kind: str, vlm=None, latency_cfg: Any = None, experime
     """Provider for `kind` in estimator | measured | hooked.
 
     - estimator: `LatencyEstimator.load(latency_cfg.estimator_path or <model dir>/latency_estimator.json)`;
-    - measured: `MeasuredLatency(vlm, latency_cfg.warmup, latency_cfg.repeats, latency_cfg.threads)`;
-    - hooked: `HookedLatency(experiment or LatencyExperiment(vlm=vlm), warmup, repeats, threads)` (same keys).
+    - measured: `MeasuredLatency(vlm, latency_cfg.warmup, .repeats, .threads, .statistic)`;
+    - hooked: `HookedLatency(experiment or LatencyExperiment(vlm=vlm), ...)` with the same keys.
     """
     if kind == "estimator":
         path = _get(latency_cfg, "estimator_path") or default_estimator_path(vlm)
         return EstimatorLatency(LatencyEstimator.load(path))
     warmup, repeats = int(_get(latency_cfg, "warmup", 1)), int(_get(latency_cfg, "repeats", 3))
-    threads = _get(latency_cfg, "threads")
+    threads, statistic = _get(latency_cfg, "threads"), _get(latency_cfg, "statistic", "median")
     if kind == "measured":
         if vlm is None:
             raise ValueError("the measured latency provider needs the vlm")
-        return MeasuredLatency(vlm, warmup=warmup, repeats=repeats, threads=threads)
+        return MeasuredLatency(vlm, warmup=warmup, repeats=repeats, threads=threads, statistic=statistic)
     if kind == "hooked":
         if experiment is None:
             if vlm is None:
@@ -51,5 +51,5 @@ def make_latency_provider(kind: str, vlm=None, latency_cfg: Any = None, experime
             from grpo_ctrl.experiment import LatencyExperiment
 
             experiment = LatencyExperiment(vlm=vlm)
-        return HookedLatency(experiment, warmup=warmup, repeats=repeats, threads=threads)
+        return HookedLatency(experiment, warmup=warmup, repeats=repeats, threads=threads, statistic=statistic)
     raise ValueError(f"latency provider {kind!r} is unknown; use one of {list(KINDS)}")
