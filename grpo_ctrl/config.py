@@ -85,7 +85,7 @@ class LatencyConfig:
     estimator_path: str | None = None  # null = the estimator shipped with the embedded VLM
     train_noise_cv: float = 0.0  # training reward sees latency x lognormal noise of this CV (real latency jitters)
     warmup: int = 1  # measured / hooked: untimed runs before timing
-    repeats: int = 3  # measured: timed runs per request (median)
+    repeats: int = 3  # measured / hooked: timed runs per request (summarised by `statistic`)
     threads: int | None = None  # measured / hooked: intra-op threads while timing (null: the run's `threads`)
     statistic: str = "median"  # measured / hooked: a request's latency over its repeats: median | min
 

@@ -69,7 +69,7 @@ class MeasuredLatency:
     moment on this machine) or "min" (what its knobs cost with the least interference from the rest of the
     machine: on a shared VM, other tenants only ever add time).
 
-    `last_stats` keeps the `LatencyStats` (p50/p90/p99/CV) of each request of the last `latency_ms` call.
+    `last_stats` keeps the `LatencyStats` (min/p50/p90/p99/CV) of each request of the last `latency_ms` call.
     """
 
     name = "measured"
