@@ -175,12 +175,13 @@ class JointGRPOTrainer:
         ref_ms = self.ref_ms
         if measure_reference:
             ref_ms = float(np.median(np.concatenate(self.ctx.all_gather_objects(lat[len(pairs):]))))
-        rows = [(frac, str(k), o.score, measured[(p.key, k)])
+        rows = [(frac, str(k), o.score, measured[(p.key, k)], p.key)
                 for frac, (knobs, outcomes) in chosen.items() for p, k, o in zip(shard, knobs, outcomes)]
         rows = [r for part in self.ctx.all_gather_objects(rows) for r in part]
         report = {}
         for frac in self.cfg.budgets.val:
             mine = [r for r in rows if r[0] == frac]
+            score_of = {r[4]: r[2] for r in mine}
             lat = np.array([r[3] for r in mine])
             budget = float(frac * ref_ms)
             report[f"{frac:g}"] = {
@@ -189,6 +190,7 @@ class JointGRPOTrainer:
                 "violation_rate": float((lat > budget).mean()),
                 "budgeted_accuracy": float(np.mean([r[2] * (r[3] <= budget) for r in mine])),
                 "knobs": dict(Counter(r[1] for r in mine).most_common()), "n": len(mine),
+                "scores": [score_of[p.key] for p in self.val_pool],  # in val-pool order, for paired comparisons
             }
         return report
 

@@ -47,6 +47,13 @@ def test_torchrun_two_ranks_equal_one_rank_with_the_same_global_batch(tiny_model
     report = json.loads((tmp_path / "val_report.json").read_text())
     for budget in report["budgets"].values():  # sharded eval: each of the 10 val prompts counted once
         assert sum(budget["controller"]["knobs"].values()) == 10
+    # the gathered shards are put back in prompt order: the per-prompt comparison with the best static
+    # setting is the one-rank run's
+    single = json.loads((single_run / "val_report.json").read_text())
+    for frac, budget in report["budgets"].items():
+        if budget["best_static"]:
+            assert (budget["best_static"]["controller_minus_static"]
+                    == single["budgets"][frac]["best_static"]["controller_minus_static"])
 
 
 def test_self_launched_ddp_writes_one_run_dir_from_rank_0(tiny_model_dir, single_run, tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from grpo_ctrl.report import crossfit_accuracy
+from grpo_ctrl.report import crossfit_accuracy, paired_difference
 
 
 def test_crossfit_picks_on_one_half_and_scores_on_the_other():
@@ -18,3 +18,15 @@ def test_crossfit_picks_on_one_half_and_scores_on_the_other():
     perfect_on_odd = {"scores": [0, 1, 0, 1, 0, 1]}
     # even half picks the all-ones setting (1.0 on odd); odd half ties it with perfect_on_odd (0 on even): 0.5
     assert crossfit_accuracy([steady, perfect_on_odd, {"scores": [1] * 6}]) == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_paired_difference_counts_prompts_won_and_lost():
+    ctrl = [1, 1, 0, 1, 0.5]
+    static = [1, 0, 1, 1, 0.0]
+    gap = paired_difference(ctrl, static)
+    diffs = [0, 1, -1, 0, 0.5]
+    mean = sum(diffs) / 5
+    se = (sum((d - mean) ** 2 for d in diffs) / 4) ** 0.5 / 5**0.5
+    assert gap == {"diff": pytest.approx(mean), "se": pytest.approx(se), "wins": 2, "losses": 1}
+    # the same policy against itself: no gap and no spread
+    assert paired_difference(static, static) == {"diff": 0.0, "se": 0.0, "wins": 0, "losses": 0}

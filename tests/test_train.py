@@ -41,6 +41,9 @@ def test_smoke_training_writes_every_output(tiny_model_dir, tmp_path):
     for b in report["budgets"].values():
         assert {"controller", "best_static", "random"} <= b.keys()
         assert sum(b["controller"]["knobs"].values()) == 8  # every val prompt counted once per budget
+        if b["best_static"]:  # the paired gap pairs each prompt's answers, so it averages to the accuracy gap
+            gap = b["best_static"]["controller_minus_static"]["diff"]
+            assert gap == pytest.approx(b["controller"]["accuracy"] - b["best_static"]["accuracy"])
     assert len(report["static_settings"]) == 27
 
 
