@@ -182,15 +182,16 @@ class JointGRPOTrainer:
         for frac in self.cfg.budgets.val:
             mine = [r for r in rows if r[0] == frac]
             score_of = {r[4]: r[2] for r in mine}
+            scores = [score_of[p.key] for p in self.val_pool]  # in val-pool order, for paired comparisons
             lat = np.array([r[3] for r in mine])
             budget = float(frac * ref_ms)
             report[f"{frac:g}"] = {
-                "budget_ms": budget, "reference_ms": ref_ms, "accuracy": float(np.mean([r[2] for r in mine])),
+                "budget_ms": budget, "reference_ms": ref_ms, "accuracy": float(np.mean(scores)),
                 "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p90_ms": float(np.percentile(lat, 90)),
                 "violation_rate": float((lat > budget).mean()),
                 "budgeted_accuracy": float(np.mean([r[2] * (r[3] <= budget) for r in mine])),
                 "knobs": dict(Counter(r[1] for r in mine).most_common()), "n": len(mine),
-                "scores": [score_of[p.key] for p in self.val_pool],  # in val-pool order, for paired comparisons
+                "scores": scores,
             }
         return report
 
