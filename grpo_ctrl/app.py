@@ -29,7 +29,7 @@ from grpo_ctrl.parallel import (
 )
 from grpo_ctrl.report import build_report, static_settings, write_report
 from grpo_ctrl.reward import make_reward
-from grpo_ctrl.rollout import Prompt, RolloutEngine
+from grpo_ctrl.rollout import Prompt, RolloutEngine, default_workers
 from grpo_ctrl.tracking import NullTracker, Tracker
 from grpo_ctrl.trainer import JointGRPOTrainer
 
@@ -112,7 +112,15 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
     vlm = build_vlm(cfg.model)
     data = build_data(cfg.data)
     replicas = make_replicas(vlm, dp_devices(cfg.parallel.devices)) if cfg.parallel.name == "dp" else ()
-    engine = RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens, replicas=replicas)
+    workers = cfg.rollout_workers or (1 if replicas else default_workers(cfg.model.device, ctx.world_size))
+    engine = RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens, replicas=replicas, workers=workers)
+    try:
+        return _train_with(cfg, run_dir, ctx, vlm, data, engine)
+    finally:
+        engine.close()
+
+
+def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, vlm, data, engine: RolloutEngine) -> dict:
     hidden = vlm.model.config.text_config.hidden_size
     controller = build_controller(cfg.controller, vlm.knob_space, question_dim=hidden, vision_dim=hidden)
     train_latency = make_latency_provider(cfg.latency.train, vlm, cfg.latency)

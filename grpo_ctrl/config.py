@@ -137,7 +137,8 @@ class TrainConfig:
     ckpt_every: int = 250
     seed: int = 0
     resume: bool = True  # continue from <run dir>/checkpoints/last.pt when it exists
-    threads: int = 2  # torch intra-op threads per process
+    threads: int = 2  # torch intra-op threads per process (rollouts always run on one: see grpo_ctrl/rollout.py)
+    rollout_workers: int | None = None  # processes computing rollouts; null: one per CPU core (1 on a GPU, with dp)
     progress: bool = True
 
 
@@ -197,6 +198,11 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
              f"reward.gold_prob_weight={cfg.reward.gold_prob_weight} must be in [0, 1] (0: exact answer score only)")
     _require(cfg.latency.threads is None or cfg.latency.threads >= 1,
              f"latency.threads={cfg.latency.threads} must be >= 1, or null to time with the run's threads")
+    _require(cfg.rollout_workers is None or cfg.rollout_workers >= 1,
+             f"rollout_workers={cfg.rollout_workers} must be >= 1, or null for one per CPU core")
+    _require(cfg.parallel.name != "dp" or (cfg.rollout_workers or 1) == 1,
+             f"rollout_workers={cfg.rollout_workers} with parallel=dp: dp replicas answer the rollouts; drop "
+             "rollout_workers")
     _require(cfg.latency.train_noise_cv >= 0, f"latency.train_noise_cv={cfg.latency.train_noise_cv} must be >= 0")
     _require(cfg.grpo.epsilon > 0, f"grpo.epsilon={cfg.grpo.epsilon} must be > 0")
     b = cfg.budgets

@@ -1,20 +1,27 @@
-"""Rollout engine: answers for many (prompt, knobs) pairs, batching pairs that share a knob setting.
+"""Rollout engine: the outcome of each (prompt, knobs) pair, computed for that request alone.
 
-Vision features are computed once per (prompt, tier) and reused by every top-k / block setting; greedy
-answers are deterministic, so (prompt, knobs) -> outcome is memoised across steps.
+An outcome is a pure function of (prompt, knobs, weights, CPU): each request runs at batch 1 (no padding,
+no neighbours) on one intra-op thread, so every kernel sees the same shapes, strides and thread count
+whatever else is in flight. Batching, the memo cache, a resume, a replica or a worker process therefore
+cannot change a bit of it, which is what makes resume and parallel runs bit-identical. (Batched rows do
+not have this property on CPU: MKL picks other kernels for small row counts, padding changes attention
+widths, and each expert's row count depends on the other requests.) Throughput comes from caching
+vision tokens per (prompt, tier), memoising outcomes across steps, and worker processes, one per core.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import os
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+import torch.multiprocessing as mp
 
 from grpo_ctrl.data import VQASample, vqa_score
 from grpo_ctrl.knobs import Knobs
+from grpo_ctrl.latency.base import intra_op_threads
 from grpo_ctrl.vlm.adaptive import AdaptiveVLM
 
 
@@ -29,94 +36,126 @@ class Outcome:
     answer: str
     score: float  # VQA score of the answer (exact match for one gold answer)
     image_tokens: int
-    prompt_tokens: int  # input length without padding: <s> + image tokens + question
+    prompt_tokens: int  # input length: <s> + image tokens + question
     generated_tokens: int  # EOS included
     ended_with_eos: bool
     gold_prob: float = float("nan")  # probability of the (best) gold answer's first token at the first step
 
 
+def compute_outcome(vlm: AdaptiveVLM, question: str, answers: Sequence[str], knobs: Knobs,
+                    vision_tokens: torch.Tensor, max_new_tokens: int) -> Outcome:
+    """One request at batch 1, its vision tokens (N_tier, H) from `AdaptiveVLM.encode_vision` at `knobs.tier`."""
+    device = vlm.model.device
+    pool = vlm.knob_space.tiers[knobs.tier]
+    inputs = {k: v.to(device) for k, v in vlm.processor.text_inputs([question], pool).items()}
+    gen = vlm.generate(inputs, knobs, max_new_tokens=max_new_tokens, image_features=vision_tokens[None].to(device),
+                       return_first_logits=True)
+    gold_ids = torch.tensor([vlm.answer_first_token(a) for a in answers], device=device)
+    # Only the gold answers' probabilities leave the device (a row of logits is vocabulary-sized).
+    gold_prob = float(gen.first_logits[0].float().softmax(dim=-1)[gold_ids].max())
+    return Outcome(gen.answers[0], vqa_score(gen.answers[0], answers), vlm.processor.num_image_tokens(pool),
+                   int(inputs["input_ids"].shape[1]), gen.num_generated[0], gen.ended_with_eos[0], gold_prob)
+
+
+# ---------------------------------------------------------------- worker processes
+_worker_vlm: AdaptiveVLM | None = None
+
+
+def _start_worker(vlm: AdaptiveVLM) -> None:
+    global _worker_vlm
+    torch.set_num_threads(1)
+    _worker_vlm = vlm
+
+
+def _worker_outcome(task: tuple) -> Outcome:
+    question, answers, knobs, tokens, max_new_tokens = task
+    # A fresh torch allocation: the same 64-byte alignment as a tensor made in the parent.
+    return compute_outcome(_worker_vlm, question, answers, knobs, torch.from_numpy(tokens).clone(), max_new_tokens)
+
+
 class RolloutEngine:
-    def __init__(self, vlm: AdaptiveVLM, max_new_tokens: int = 2, batch_size: int = 64, memoize: bool = True,
-                 replicas: Sequence[AdaptiveVLM] = ()):
-        """`replicas` (parallel=dp): copies of `vlm` on other devices; batches are scattered across all of them."""
+    def __init__(self, vlm: AdaptiveVLM, max_new_tokens: int = 2, memoize: bool = True,
+                 replicas: Sequence[AdaptiveVLM] = (), workers: int = 1):
+        """`replicas` (parallel=dp): copies of `vlm` on other devices, each answering its share in a thread.
+        `workers` > 1: that many CPU processes answer (the model's weights are shared with them, not copied)."""
+        if workers > 1 and len(replicas) > 1:
+            raise ValueError("rollout workers and dp replicas exclude each other; use one of them")
         self.vlm = vlm
         self.replicas = list(replicas) or [vlm]
         self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
         self.memoize = memoize
+        self.workers = workers
+        self._pool = None
         self._outcomes: dict[tuple[Hashable, Knobs], Outcome] = {}
         self._vision: dict[tuple[Hashable, str], torch.Tensor] = {}
         self._question: dict[Hashable, torch.Tensor] = {}
-        self._gold_ids: dict[Hashable, list[int]] = {}
+
+    def close(self) -> None:
+        """Stop the worker processes (a later `run` starts them again)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
     # ------------------------------------------------------------ controller features
     def question_features(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         missing = list({p.key: p for p in prompts if p.key not in self._question}.values())
-        if missing:
-            feats = self.vlm.question_features([p.sample.question for p in missing])
-            self._question.update({p.key: f for p, f in zip(missing, feats)})
+        with intra_op_threads(1):
+            for p in missing:
+                self._question[p.key] = self.vlm.question_features([p.sample.question])[0]
         return torch.stack([self._question[p.key] for p in prompts])
 
-    def vision_tokens(self, prompts: Sequence[Prompt], tier: str, vlm: AdaptiveVLM | None = None) -> torch.Tensor:
-        """Projected vision tokens per prompt at `tier`, computed once (on `vlm`'s device) and kept on the CPU."""
-        vlm = vlm or self.vlm
-        missing = list({p.key: p for p in prompts if (p.key, tier) not in self._vision}.values())
-        for i in range(0, len(missing), self.batch_size):
-            chunk = missing[i:i + self.batch_size]
-            px = vlm.processor.pixel_values([p.sample.image for p in chunk]).to(vlm.model.device)
-            feats = vlm.encode_vision(px, tier).cpu()
-            self._vision.update({(p.key, tier): f for p, f in zip(chunk, feats)})
+    def vision_tokens(self, prompts: Sequence[Prompt], tier: str) -> torch.Tensor:
+        """Projected vision tokens per prompt at `tier`, each computed once, alone, and kept on the CPU."""
+        vlm = self.vlm
+        with intra_op_threads(1):
+            for p in {p.key: p for p in prompts if (p.key, tier) not in self._vision}.values():
+                px = vlm.processor.pixel_values([p.sample.image]).to(vlm.model.device)
+                self._vision[(p.key, tier)] = vlm.encode_vision(px, tier)[0].cpu()
         return torch.stack([self._vision[(p.key, tier)] for p in prompts])
 
     def vision_features(self, prompts: Sequence[Prompt], tiers: Sequence[str]) -> torch.Tensor:
         """Pooled vision feature (B, H) of each prompt at its own tier (what stage 2 reads)."""
-        by_tier: dict[str, list[Prompt]] = defaultdict(list)
-        for p, t in zip(prompts, tiers):
-            by_tier[t].append(p)
-        for t, ps in by_tier.items():
-            self.vision_tokens(ps, t)
-        return torch.stack([self.vlm.vision_summary(self._vision[(p.key, t)][None])[0] for p, t in zip(prompts, tiers)])
+        return torch.stack([self.vlm.vision_summary(self.vision_tokens([p], t))[0] for p, t in zip(prompts, tiers)])
 
     # ------------------------------------------------------------ answers
     def run(self, prompts: Sequence[Prompt], knobs: Sequence[Knobs]) -> list[Outcome]:
         """Outcome of each (prompt, knobs) pair, in order."""
-        todo: dict[Knobs, dict[Hashable, Prompt]] = defaultdict(dict)
-        for p, k in zip(prompts, knobs):
-            if (p.key, k) not in self._outcomes:
-                todo[k][p.key] = p
-        batches = [(ps[i:i + self.batch_size], k) for k, by_key in todo.items() for ps in [list(by_key.values())]
-                   for i in range(0, len(ps), self.batch_size)]
-        if len(self.replicas) == 1:
-            for ps, k in batches:
-                self._generate(ps, k, self.vlm)
-        else:  # one thread per replica, each working through its share of the batches
-            shares = [batches[r::len(self.replicas)] for r in range(len(self.replicas))]
-            with ThreadPoolExecutor(len(self.replicas)) as pool:
-                list(pool.map(lambda r: [self._generate(ps, k, self.replicas[r]) for ps, k in shares[r]],
-                              range(len(self.replicas))))
+        todo = list({(p.key, k): (p, k) for p, k in zip(prompts, knobs) if (p.key, k) not in self._outcomes}.values())
+        tasks = [(p.sample.question, tuple(p.sample.answers), k, self.vision_tokens([p], k.tier)[0],
+                  self.max_new_tokens) for p, k in todo]
+        for (p, k), outcome in zip(todo, self._answer(tasks)):
+            self._outcomes[(p.key, k)] = outcome
         out = [self._outcomes[(p.key, k)] for p, k in zip(prompts, knobs)]
         if not self.memoize:
             self._outcomes.clear()
         return out
 
-    def _generate(self, prompts: list[Prompt], knobs: Knobs, vlm: AdaptiveVLM) -> None:
-        pool = vlm.knob_space.tiers[knobs.tier]
-        inputs = vlm.processor.text_inputs([p.sample.question for p in prompts], pool)
-        inputs = {k: v.to(vlm.model.device) for k, v in inputs.items()}
-        feats = self.vision_tokens(prompts, knobs.tier, vlm).to(vlm.model.device)
-        gen = vlm.generate(inputs, knobs, max_new_tokens=self.max_new_tokens, image_features=feats,
-                           return_first_logits=True)
-        for p in prompts:
-            if p.key not in self._gold_ids:
-                self._gold_ids[p.key] = [vlm.answer_first_token(a) for a in p.sample.answers]
-        # Only the gold answers' probabilities leave the device (a row of logits is vocabulary-sized).
-        width = max(len(self._gold_ids[p.key]) for p in prompts)
-        ids = torch.tensor([(ids * width)[:width] for ids in (self._gold_ids[p.key] for p in prompts)],
-                           device=gen.first_logits.device)
-        gold_probs = gen.first_logits.float().softmax(dim=-1).gather(1, ids).amax(dim=1).tolist()
-        lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        n_image = vlm.processor.num_image_tokens(pool)
-        for i, p in enumerate(prompts):
-            self._outcomes[(p.key, knobs)] = Outcome(gen.answers[i], vqa_score(gen.answers[i], p.sample.answers),
-                                                     n_image, int(lengths[i]), gen.num_generated[i],
-                                                     gen.ended_with_eos[i], gold_probs[i])
+    def _answer(self, tasks: list[tuple]) -> list[Outcome]:
+        if not tasks:
+            return []
+        if self.workers > 1:
+            if self._pool is None:  # spawn: forking a process that has run OpenMP threads can hang the child
+                self._pool = mp.get_context("spawn").Pool(self.workers, initializer=_start_worker,
+                                                          initargs=(self.vlm,))
+            tasks = [(q, a, k, t.numpy(), n) for q, a, k, t, n in tasks]
+            return self._pool.map(_worker_outcome, tasks, chunksize=max(1, len(tasks) // (4 * self.workers)))
+        with intra_op_threads(1):
+            if len(self.replicas) == 1:
+                return [compute_outcome(self.vlm, *task) for task in tasks]
+            n = len(self.replicas)
+            with ThreadPoolExecutor(n) as pool:  # one thread per replica, each working through its share
+                shares = list(pool.map(lambda r: [compute_outcome(self.replicas[r], *t) for t in tasks[r::n]],
+                                       range(n)))
+        out = [None] * len(tasks)
+        for r, share in enumerate(shares):
+            out[r::n] = share
+        return out
+
+
+def default_workers(device: str, world_size: int = 1) -> int:
+    """One rollout process per CPU core this rank may use; none extra when the model runs on a GPU."""
+    if not device.startswith("cpu"):
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // world_size)
+

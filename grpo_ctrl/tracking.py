@@ -29,11 +29,21 @@ class Tracker:
                                      reinit="finish_previous")
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint so each step appears once."""
+        """On resume, drop lines logged after the checkpoint so each step appears once (and a last line torn by a
+        kill, which only a step after the checkpoint can have written)."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if row.get("step", 0) <= step:
+                keep.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         row = {"step": step, **metrics}

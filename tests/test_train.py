@@ -1,6 +1,10 @@
 """End-to-end training on a tiny model: smoke run, outputs, metrics keys, exact resume."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +29,7 @@ def small_cfg(model_dir, *overrides):
         return compose(config_name="config", overrides=[
             f"model.path={model_dir}", "steps=3", "val_every=3", "ckpt_every=1", "prompts_per_step=4",
             "group_size=4", "data.train_size=24", "data.val_size=8", "logger=none", "progress=false", "threads=1",
-            *overrides])
+            "rollout_workers=1", *overrides])
 
 
 def test_smoke_training_writes_every_output(tiny_model_dir, tmp_path):
@@ -127,3 +131,43 @@ def test_reward_sees_the_gold_probability_mix(tiny_model_dir, weight):
     gold = torch.tensor([o.gold_prob for o in seen["outcomes"]], dtype=torch.float64)
     assert ((gold >= 0) & (gold <= 1)).all()
     assert torch.allclose(seen["accuracy"], (1 - weight) * score + weight * gold)
+
+
+def test_sigkill_between_checkpoints_then_the_same_command_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    """kill -9 loses the steps after the last checkpoint; rerunning in the same run dir redoes them with the same
+    outcomes (rollout workers on, as by default), so the controller is the uninterrupted run's bit for bit."""
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "train.py", f"model.path={tiny_model_dir}", "steps=30", "val_every=15", "ckpt_every=10",
+           "prompts_per_step=4", "group_size=4", "data.train_size=24", "data.val_size=8", "logger=none",
+           "progress=false", "threads=1", "rollout_workers=2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    res = subprocess.run([*cmd, f"hydra.run.dir={straight}"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    proc = subprocess.Popen([*cmd, f"hydra.run.dir={killed}"], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics, deadline = killed / "metrics.jsonl", time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 13:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    logged = len(metrics.read_text().splitlines())
+    assert torch.load(killed / "checkpoints" / "last.pt", weights_only=False)["step"] == 10 < logged < 30
+
+    res = subprocess.run([*cmd, f"hydra.run.dir={killed}"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed at step 10" in res.stdout
+    a = torch.load(straight / "controller.pt")["state_dict"]
+    b = torch.load(killed / "controller.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 31))
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
+    from grpo_ctrl.tracking import Tracker
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"ste')
+    Tracker(tmp_path, resume_step=2).finish()
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'

@@ -27,6 +27,7 @@ from grpo_ctrl.vlm.tokenizer import VLMProcessor
 ADAPTER_FILE = "grpo_ctrl.json"
 IMPORTANCE_FILE = "block_importance.json"
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets" / "embedded_vlm"
+ALIGNMENT = 64  # bytes: torch's CPU allocator aligns every tensor it makes to this
 
 
 @dataclass
@@ -42,6 +43,7 @@ class AdaptiveVLM:
     def __init__(self, model: LlavaForConditionalGeneration, processor: VLMProcessor, knob_space: KnobSpace,
                  block_drop_order: Sequence[int] | None = None):
         self.model = model.eval()
+        _own_aligned_weights(model)
         self.processor = processor
         self.language_model = model.model.language_model
         self.blocks = list(self.language_model.layers)
@@ -70,6 +72,13 @@ class AdaptiveVLM:
         importance = path / IMPORTANCE_FILE
         order = json.loads(importance.read_text())["drop_order"] if importance.is_file() else None
         return cls(model, VLMProcessor(tokenizer, grid), space, order)
+
+    def __reduce__(self):
+        """Pickle as config + weights + processor (the model's own hooks are local functions, which pickle cannot
+        carry): how rollout worker processes get the model; under torch.multiprocessing the weights travel
+        through shared memory."""
+        return (_rebuild, (self.model.config, self.model.state_dict(), self.processor, self.knob_space,
+                           self.block_drop_order))
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, extra: dict | None = None) -> None:
         path = Path(path)
@@ -217,3 +226,20 @@ class AdaptiveVLM:
 
     def answer(self, images, questions: Sequence[str], knobs: Knobs, **kwargs) -> Generation:
         return self.generate(self.inputs(images, questions, knobs.tier), knobs, **kwargs)
+
+
+def _rebuild(config, state: dict, processor: VLMProcessor, space: KnobSpace, order: list[int]) -> AdaptiveVLM:
+    model = LlavaForConditionalGeneration(config)
+    model.load_state_dict(state, assign=True)
+    model.tie_weights()
+    return AdaptiveVLM(model, processor, space, order)
+
+
+@torch.no_grad()
+def _own_aligned_weights(model: nn.Module) -> None:
+    """Copy CPU weights that do not start on an ALIGNMENT boundary (e.g. memory-mapped from a safetensors file).
+    Vectorised CPU kernels split their loops by address, so the same weights at another alignment give other
+    last bits; owned, aligned weights make a copy of the model (a replica, a worker's) compute what it does."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu" and tensor.data_ptr() % ALIGNMENT:
+            tensor.data = tensor.data.clone()
