@@ -34,6 +34,11 @@ from grpo_ctrl.tracking import NullTracker, Tracker
 from grpo_ctrl.trainer import JointGRPOTrainer
 
 
+def local_ranks(ctx: ParallelContext) -> int:
+    """Ranks sharing this machine's cores."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -112,7 +117,7 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
     vlm = build_vlm(cfg.model)
     data = build_data(cfg.data)
     replicas = make_replicas(vlm, dp_devices(cfg.parallel.devices)) if cfg.parallel.name == "dp" else ()
-    workers = cfg.rollout_workers or (1 if replicas else default_workers(cfg.model.device, ctx.world_size))
+    workers = cfg.rollout_workers or (1 if replicas else default_workers(cfg.model.device, local_ranks(ctx)))
     engine = RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens, replicas=replicas, workers=workers)
     try:
         return _train_with(cfg, run_dir, ctx, vlm, data, engine)

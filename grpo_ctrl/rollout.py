@@ -153,9 +153,10 @@ class RolloutEngine:
         return out
 
 
-def default_workers(device: str, world_size: int = 1) -> int:
-    """One rollout process per CPU core this rank may use; none extra when the model runs on a GPU."""
+def default_workers(device: str, local_ranks: int = 1) -> int:
+    """One rollout process per CPU core this rank may use (its share of the machine's); none extra when the
+    model runs on a GPU."""
     if not device.startswith("cpu"):
         return 1
-    return max(1, len(os.sched_getaffinity(0)) // world_size)
+    return max(1, len(os.sched_getaffinity(0)) // local_ranks)
 

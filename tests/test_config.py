@@ -56,12 +56,18 @@ def test_every_group_option_composes_and_validates(group, option):
     ("latency.statistic=mean", "latency.statistic='mean'"),
     ("reward.gold_prob_weight=1.5", "reward.gold_prob_weight=1.5"),
     ("logger.mode=cloud", "logger.mode='cloud'"),
+    ("rollout_workers=0", "rollout_workers=0"),
 ])
 def test_bad_values_are_rejected_with_one_line(override, message):
     cfg = _compose([override])
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dp_replicas_and_rollout_workers_exclude_each_other():
+    with pytest.raises(ConfigError, match="rollout_workers=2 with parallel=dp"):
+        validate(_compose(["parallel=dp", "rollout_workers=2"]))
 
 
 def test_prompts_must_divide_across_ranks():

@@ -229,7 +229,8 @@ class AdaptiveVLM:
 
 
 def _rebuild(config, state: dict, processor: VLMProcessor, space: KnobSpace, order: list[int]) -> AdaptiveVLM:
-    model = LlavaForConditionalGeneration(config)
+    with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the run's RNG
+        model = LlavaForConditionalGeneration(config)
     model.load_state_dict(state, assign=True)
     model.tie_weights()
     return AdaptiveVLM(model, processor, space, order)
