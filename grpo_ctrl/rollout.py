@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -93,8 +93,7 @@ class RolloutEngine:
     def close(self) -> None:
         """Stop the worker processes (a later `run` starts them again)."""
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
     # ------------------------------------------------------------ controller features
@@ -136,10 +135,10 @@ class RolloutEngine:
             return []
         if self.workers > 1:
             if self._pool is None:  # spawn: forking a process that has run OpenMP threads can hang the child
-                self._pool = mp.get_context("spawn").Pool(self.workers, initializer=_start_worker,
-                                                          initargs=(self.vlm,))
-            tasks = [(q, a, k, t.numpy(), n) for q, a, k, t, n in tasks]
-            return self._pool.map(_worker_outcome, tasks, chunksize=max(1, len(tasks) // (4 * self.workers)))
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                 initializer=_start_worker, initargs=(self.vlm,))
+            tasks = [(q, a, k, t.numpy(), n) for q, a, k, t, n in tasks]  # a worker that dies raises here
+            return list(self._pool.map(_worker_outcome, tasks, chunksize=max(1, len(tasks) // (4 * self.workers))))
         with intra_op_threads(1):
             if len(self.replicas) == 1:
                 return [compute_outcome(self.vlm, *task) for task in tasks]
