@@ -104,24 +104,24 @@ class RolloutEngine:
                 self._question[p.key] = self.vlm.question_features([p.sample.question])[0]
         return torch.stack([self._question[p.key] for p in prompts])
 
-    def vision_tokens(self, prompts: Sequence[Prompt], tier: str) -> torch.Tensor:
-        """Projected vision tokens per prompt at `tier`, each computed once, alone, and kept on the CPU."""
-        vlm = self.vlm
-        with intra_op_threads(1):
-            for p in {p.key: p for p in prompts if (p.key, tier) not in self._vision}.values():
-                px = vlm.processor.pixel_values([p.sample.image]).to(vlm.model.device)
-                self._vision[(p.key, tier)] = vlm.encode_vision(px, tier)[0].cpu()
-        return torch.stack([self._vision[(p.key, tier)] for p in prompts])
+    def vision_tokens(self, prompt: Prompt, tier: str) -> torch.Tensor:
+        """Projected vision tokens (N_tier, H) of the prompt at `tier`, computed once, alone, kept on the CPU."""
+        key = (prompt.key, tier)
+        if key not in self._vision:
+            with intra_op_threads(1):
+                px = self.vlm.processor.pixel_values([prompt.sample.image]).to(self.vlm.model.device)
+                self._vision[key] = self.vlm.encode_vision(px, tier)[0].cpu()
+        return self._vision[key]
 
     def vision_features(self, prompts: Sequence[Prompt], tiers: Sequence[str]) -> torch.Tensor:
         """Pooled vision feature (B, H) of each prompt at its own tier (what stage 2 reads)."""
-        return torch.stack([self.vlm.vision_summary(self.vision_tokens([p], t))[0] for p, t in zip(prompts, tiers)])
+        return torch.stack([self.vlm.vision_summary(self.vision_tokens(p, t)[None])[0] for p, t in zip(prompts, tiers)])
 
     # ------------------------------------------------------------ answers
     def run(self, prompts: Sequence[Prompt], knobs: Sequence[Knobs]) -> list[Outcome]:
         """Outcome of each (prompt, knobs) pair, in order."""
         todo = list({(p.key, k): (p, k) for p, k in zip(prompts, knobs) if (p.key, k) not in self._outcomes}.values())
-        tasks = [(p.sample.question, tuple(p.sample.answers), k, self.vision_tokens([p], k.tier)[0],
+        tasks = [(p.sample.question, tuple(p.sample.answers), k, self.vision_tokens(p, k.tier),
                   self.max_new_tokens) for p, k in todo]
         for (p, k), outcome in zip(todo, self._answer(tasks)):
             self._outcomes[(p.key, k)] = outcome
@@ -137,7 +137,8 @@ class RolloutEngine:
             if self._pool is None:  # spawn: forking a process that has run OpenMP threads can hang the child
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                                  initializer=_start_worker, initargs=(self.vlm,))
-            tasks = [(q, a, k, t.numpy(), n) for q, a, k, t, n in tasks]  # a worker that dies raises here
+            tasks = [(q, a, k, t.numpy(), n) for q, a, k, t, n in tasks]
+            # A worker that dies raises BrokenProcessPool here (multiprocessing.Pool would wait forever).
             return list(self._pool.map(_worker_outcome, tasks, chunksize=max(1, len(tasks) // (4 * self.workers))))
         with intra_op_threads(1):
             if len(self.replicas) == 1:

@@ -34,7 +34,7 @@ class Tracker:
         if not self.path.exists():
             return
         keep = []
-        for line in self.path.read_text().splitlines():
+        for line in filter(None, self.path.read_text().splitlines()):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
