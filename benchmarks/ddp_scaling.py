@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.parallel import free_port
 from grpo_ctrl.rollout import Prompt, RolloutEngine
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm import load_vlm
 
 
 def worker(rank: int, world: int, port: int, args, threads: int, out) -> None:
@@ -28,7 +28,7 @@ def worker(rank: int, world: int, port: int, args, threads: int, out) -> None:
     device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", rank=rank, world_size=world)
     torch.set_num_threads(threads)
-    vlm = AdaptiveVLM.from_pretrained(args.model)
+    vlm = load_vlm(args.model)
     vlm.model.to(device)
     data = GridVQA()
     settings = vlm.knob_space.all()

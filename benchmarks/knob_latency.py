@@ -11,7 +11,7 @@ import torch
 
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.latency.measured import median_generate_ms
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm import load_vlm
 from grpo_ctrl.vlm.evaluation import score_setting
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    vlm = AdaptiveVLM.from_pretrained(args.model)
+    vlm = load_vlm(args.model)
     data = GridVQA()
     timed = data.split("test", args.requests)
     scored = data.split("test", args.samples)
@@ -33,7 +33,8 @@ def main() -> None:
     for knobs in vlm.knob_space.all():
         acc = float(score_setting(vlm, scored, knobs).mean())
         rows.append((knobs, median_generate_ms(vlm, timed, knobs, warmup=1, repeats=args.repeats), acc))
-        print(f"{str(knobs):<16}{vlm.num_image_tokens(knobs.tier):>10}{rows[-1][1]:>9.2f}{acc:>10.3f}", flush=True)
+        tokens = vlm.image_tokens(vlm.inputs([timed[0].image], [timed[0].question], knobs.tier))
+        print(f"{str(knobs):<16}{tokens:>10}{rows[-1][1]:>9.2f}{acc:>10.3f}", flush=True)
     lat = {k: t for k, t, _ in rows}
     cheap, full = vlm.knob_space.cheapest, vlm.knob_space.full
     print(f"cheapest/full latency: {lat[cheap]:.2f} / {lat[full]:.2f} ms = {lat[cheap] / lat[full]:.2f}")

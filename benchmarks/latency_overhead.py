@@ -14,7 +14,7 @@ import torch
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.latency.clock import now
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm import load_vlm
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     if args.pairs < 20:
         ap.error("--pairs must be >= 20")
     torch.set_num_threads(args.threads)
-    vlm = AdaptiveVLM.from_pretrained(args.model)
+    vlm = load_vlm(args.model)
     vlm.model.to(args.device)
     device = vlm.model.device
     exp = LatencyExperiment(vlm=vlm)

@@ -15,7 +15,7 @@ import torch
 
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.rollout import Prompt, RolloutEngine
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm import load_vlm
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    vlm = AdaptiveVLM.from_pretrained(args.model)
+    vlm = load_vlm(args.model)
     data = GridVQA()
     settings = vlm.knob_space.all()
     rng = np.random.default_rng(0)

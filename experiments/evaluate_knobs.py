@@ -1,7 +1,7 @@
 """Accuracy per question type and median latency for every knob setting, the targets of the embedded VLM,
 and the "cheapest correct setting" histogram (the controller's headroom over any static setting).
 
-    python experiments/evaluate_knobs.py [model_path=DIR] [samples=1200]
+    python experiments/evaluate_knobs.py [model.path=DIR] [samples=1200]
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from grpo_ctrl.build import build_vlm
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.latency.measured import median_generate_ms
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
 from grpo_ctrl.vlm.evaluation import by_type, oracle_cheapest, score_setting
 
 
@@ -39,7 +39,7 @@ def monotone_violations(space, acc: dict, tolerance: float) -> list[str]:
 @hydra.main(version_base="1.3", config_path="../conf/experiments", config_name="evaluate_knobs")
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
-    vlm = AdaptiveVLM.from_pretrained(cfg.model_path)
+    vlm = build_vlm(cfg.model)
     space = vlm.knob_space
     samples = GridVQA(seed=cfg.data_seed).split("test", cfg.samples)
     timed = samples[: cfg.latency_requests]

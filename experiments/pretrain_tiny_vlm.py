@@ -24,34 +24,31 @@ from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.data import GridVQA, vocabulary
 from grpo_ctrl.knobs import KnobSpace
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
-from grpo_ctrl.vlm.builder import EmbeddedVLMSize, build_embedded_vlm
-from grpo_ctrl.vlm.tokenizer import VLMProcessor, build_tokenizer
+from grpo_ctrl.vlm.builder import EmbeddedVLMSize, embedded_vlm
+from grpo_ctrl.vlm.llava import LlavaAdapter
+from grpo_ctrl.vlm.tokenizer import build_tokenizer
 
 
-def build(cfg: DictConfig) -> AdaptiveVLM:
+def build(cfg: DictConfig) -> LlavaAdapter:
     torch.manual_seed(cfg.seed)
-    tok = build_tokenizer(vocabulary())
-    size = EmbeddedVLMSize(**cfg.size)
-    model = build_embedded_vlm(len(tok), tok.convert_tokens_to_ids("<image>"), size)
     space = KnobSpace(**OmegaConf.to_container(cfg.knobs))
-    return AdaptiveVLM(model, VLMProcessor(tok, size.image_size // size.patch_size), space)
+    return embedded_vlm(build_tokenizer(vocabulary()), EmbeddedVLMSize(**cfg.size), space)
 
 
-def packed_batch(vlm: AdaptiveVLM, groups: list[list], pool: int):
+def packed_batch(vlm: LlavaAdapter, groups: list[list], pool: int):
     """One sequence per image: [bos, image tokens, q1 a1 eos, q2 a2 eos, ...], right-padded.
 
     A custom 4D mask lets each question see only the image prefix and itself, and its positions restart
     right after the image, so every question is computed exactly as it would be alone at inference.
     Returns the model inputs, the (row, position) of each prediction and its target id.
     """
-    tok, proc = vlm.processor.tokenizer, vlm.processor
-    prefix = [tok.bos_token_id] + [proc.image_token_id] * proc.num_image_tokens(pool)
+    tok = vlm.tokenizer
+    prefix = [tok.bos_token_id] + [vlm.image_token_id] * vlm.num_image_tokens(pool)
     rows, segs, poss, pred_at, targets = [], [], [], [], []
     for b, group in enumerate(groups):
         ids, seg, pos = list(prefix), [0] * len(prefix), list(range(len(prefix)))
         for j, sample in enumerate(group, start=1):
-            q = proc.question_ids([sample.question])[0]
+            q = tok.encode(sample.question, add_special_tokens=False)
             answer = tok.convert_tokens_to_ids(sample.answer)
             start = len(ids)
             ids += q + [answer, tok.eos_token_id]
@@ -77,12 +74,12 @@ def packed_batch(vlm: AdaptiveVLM, groups: list[list], pool: int):
     mask[:, :, 0] = True  # padding rows attend to <s> so softmax stays finite
     images = [group[0].image for group in groups]
     inputs = {"input_ids": ids, "attention_mask": mask[:, None], "position_ids": pos,
-              "pixel_values": proc.pixel_values(images)}
+              "pixel_values": vlm.processor.image_processor(images, return_tensors="pt")["pixel_values"]}
     where = torch.tensor(pred_at)
     return inputs, where, torch.tensor(targets)
 
 
-def prediction_logits(vlm: AdaptiveVLM, inputs, where: torch.Tensor) -> torch.Tensor:
+def prediction_logits(vlm: LlavaAdapter, inputs, where: torch.Tensor) -> torch.Tensor:
     hidden = vlm.model.model(**inputs).last_hidden_state
     return vlm.model.lm_head(hidden[where[:, 0], where[:, 1]])
 
@@ -105,7 +102,7 @@ def region_cells(grid: int, pool: int) -> torch.Tensor:
     return F.avg_pool2d(onehot, pool).flatten(1).T
 
 
-def sample_setting(rng: np.random.Generator, vlm: AdaptiveVLM, cfg: DictConfig) -> tuple[int, int, list[int]]:
+def sample_setting(rng: np.random.Generator, vlm: LlavaAdapter, cfg: DictConfig) -> tuple[int, int, list[int]]:
     space = vlm.knob_space
     n_total = vlm.num_blocks_total
     if rng.random() < cfg.p_full:
@@ -118,7 +115,7 @@ def sample_setting(rng: np.random.Generator, vlm: AdaptiveVLM, cfg: DictConfig) 
 
 
 @torch.no_grad()
-def evaluate(vlm: AdaptiveVLM, samples, settings: dict) -> dict[str, dict[str, float]]:
+def evaluate(vlm: LlavaAdapter, samples, settings: dict) -> dict[str, dict[str, float]]:
     vlm.model.eval()
     report = {}
     for name, knobs in settings.items():
@@ -146,10 +143,10 @@ def main(cfg: DictConfig) -> None:
     val = data.split("val", cfg.eval_samples)
     n_colours = len(data.colour_names)
     # Auxiliary vision-side head (not shipped): each vision token predicts the colours under it and where it is.
-    n_cells = vlm.processor.patch_grid**2
+    n_cells = vlm.patch_grid**2
     aux_head = torch.nn.Linear(vlm.model.config.text_config.hidden_size, n_colours + n_cells)
     projected = {}
-    vlm.model.model.multi_modal_projector.register_forward_hook(lambda m, a, out: projected.__setitem__("x", out))
+    vlm.vision_token_hook(lambda out: projected.__setitem__("x", out))
     params = [p for p in vlm.model.parameters() if p.requires_grad] + list(aux_head.parameters())
     print(f"params: {sum(p.numel() for p in params) / 1e6:.2f} M; run dir {run_dir}", flush=True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -188,7 +185,7 @@ def main(cfg: DictConfig) -> None:
         aux_out = aux_head(projected["x"])
         colours = region_colour_targets(groups, pool, n_colours)
         aux_loss = F.cross_entropy(aux_out[..., :n_colours].flatten(0, 1), colours.flatten(0, 1))
-        where = region_cells(vlm.processor.patch_grid, pool).expand(len(groups), -1, -1)
+        where = region_cells(vlm.patch_grid, pool).expand(len(groups), -1, -1)
         aux_loss = aux_loss + F.cross_entropy(aux_out[..., n_colours:].flatten(0, 1), where.flatten(0, 1))
         loss = answer_loss + cfg.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)

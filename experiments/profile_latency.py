@@ -1,7 +1,7 @@
 """Profile hooked latency over knob settings x prompts x output lengths, fit the latency estimator, check it on
 held-out settings and prompts, then refit on everything and write latency_estimator.json.
 
-    python experiments/profile_latency.py [model_path=DIR] [samples=8] [repeats=3] [generated_tokens=[1,2,4,8]]
+    python experiments/profile_latency.py [model.path=DIR] [samples=8] [repeats=3] [generated_tokens=[1,2,4,8]]
                                           [write_to_model=true] [model.device=cuda]
 """
 
@@ -26,7 +26,6 @@ from grpo_ctrl.latency.estimator import (
     fit_estimator,
 )
 from grpo_ctrl.latency.hooked import PhaseTiming
-from grpo_ctrl.vlm.adaptive import EMBEDDED_DIR
 
 TARGETS = {"total_mape": 5.0, "decode_per_token_mape": 10.0, "predictions_per_s": 1e5, "covered": 0.97}
 
@@ -168,7 +167,7 @@ def main(cfg: DictConfig) -> None:
     if heldout_both:
         print(f"  setting AND prompt held out: {fmt(heldout_both)}")
 
-    meta = {"model_path": str(Path(cfg.model_path).resolve()) if cfg.model_path else str(EMBEDDED_DIR),
+    meta = {"model_path": str(vlm.source), "model": vlm.signature,
             "device": str(vlm.model.device), "dtype": cfg.model.dtype, "threads": cfg.threads,
             "torch": torch.__version__, "host": platform.node(), "knob_space": vlm.knob_space.to_dict(),
             "generated_tokens": lengths, "samples": len(samples), "repeats": cfg.repeats,
@@ -202,8 +201,7 @@ def main(cfg: DictConfig) -> None:
         "in_sample": full, "targets": targets, "profile": str(profile_path), "estimator": str(out_est)})
     print(f"profile: {profile_path}\nestimator: {out_est}\nreport: {report}")
     if cfg.write_to_model:
-        model_dir = Path(cfg.model_path) if cfg.model_path else EMBEDDED_DIR
-        print(f"wrote {est.save(model_dir / ESTIMATOR_FILE)}")
+        print(f"wrote {est.save(vlm.source / ESTIMATOR_FILE)}")
 
 
 if __name__ == "__main__":

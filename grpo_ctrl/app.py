@@ -14,10 +14,12 @@ import torch.multiprocessing as mp
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from grpo_ctrl.build import build_data, build_vlm
+from grpo_ctrl.build import build_data, build_vlm, inspect_model
 from grpo_ctrl.config import ConfigError, validate
 from grpo_ctrl.controller import build_controller
-from grpo_ctrl.latency import make_latency_provider
+from grpo_ctrl.knobs import KnobError
+from grpo_ctrl.latency import EstimatorError, LatencyEstimator, estimator_path, make_latency_provider
+from grpo_ctrl.latency.providers import check_estimator_model
 from grpo_ctrl.parallel import (
     DistributedContext,
     ParallelContext,
@@ -32,6 +34,8 @@ from grpo_ctrl.reward import make_reward
 from grpo_ctrl.rollout import Prompt, RolloutEngine, default_workers
 from grpo_ctrl.tracking import NullTracker, Tracker
 from grpo_ctrl.trainer import JointGRPOTrainer
+from grpo_ctrl.vlm import ModelDir, ModelDirError
+from grpo_ctrl.vlm.adapter import model_signature
 
 
 def local_ranks(ctx: ParallelContext) -> int:
@@ -56,8 +60,23 @@ def exit_on_config_error(cfg: DictConfig, world_size: int = 1) -> None:
         sys.exit(2)
 
 
+def preflight(cfg: DictConfig) -> ModelDir:
+    """What the inputs alone show, before any weight loads: the model directory, its family and knob space, and
+    the latency estimator the config asks for (it must be this model's). One line and exit 2 on a problem."""
+    try:
+        spec = inspect_model(cfg.model)
+        if "estimator" in (cfg.latency.train, cfg.latency.val):
+            path = estimator_path(cfg.latency, spec.path)
+            check_estimator_model(LatencyEstimator.load(path), path, model_signature(spec.config))
+    except (ModelDirError, KnobError, EstimatorError) as err:
+        print(f"model error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return spec
+
+
 def run(cfg: DictConfig) -> None:
     exit_on_config_error(cfg)
+    preflight(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.parallel.name == "ddp":
         run_ddp(cfg, run_dir)
@@ -126,8 +145,8 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
 
 
 def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, vlm, data, engine: RolloutEngine) -> dict:
-    hidden = vlm.model.config.text_config.hidden_size
-    controller = build_controller(cfg.controller, vlm.knob_space, question_dim=hidden, vision_dim=hidden)
+    dim = vlm.feature_dim
+    controller = build_controller(cfg.controller, vlm.knob_space, question_dim=dim, vision_dim=dim)
     train_latency = make_latency_provider(cfg.latency.train, vlm, cfg.latency)
     val_latency = make_latency_provider(cfg.latency.val, vlm, cfg.latency)
     train_pool = [Prompt(("train", i), data.sample("train", i)) for i in range(cfg.data.train_size)]

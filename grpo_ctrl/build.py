@@ -6,17 +6,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.data import GridVQA
-from grpo_ctrl.knobs import KnobSpace
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm import ModelDir, VLMAdapter, inspect_model_dir
+from grpo_ctrl.vlm.loading import load_inspected
 
 
-def build_vlm(model_cfg: DictConfig) -> AdaptiveVLM:
-    vlm = AdaptiveVLM.from_pretrained(model_cfg.path, dtype=getattr(torch, model_cfg.dtype))
+def inspect_model(model_cfg: DictConfig) -> ModelDir:
+    """The model directory `model_cfg` names, with its family and knob space, checked before weights load."""
     knobs = OmegaConf.to_container(model_cfg.get("knobs") or {})
-    overrides = {key: value for key, value in knobs.items() if value is not None}
-    if overrides:  # each null entry keeps the values saved with the model
-        vlm.set_knob_space(KnobSpace(**{**vlm.knob_space.to_dict(), **overrides}))
-    vlm.model.to(model_cfg.device)
+    return inspect_model_dir(model_cfg.get("path"), knobs)  # no path: the embedded VLM (validate checks the pair)
+
+
+def build_vlm(model_cfg: DictConfig, spec: ModelDir | None = None) -> VLMAdapter:
+    spec = spec or inspect_model(model_cfg)
+    device_map = model_cfg.get("device_map")
+    vlm = load_inspected(spec, dtype=getattr(torch, model_cfg.dtype), device_map=device_map)
+    if device_map is None:
+        vlm.model.to(model_cfg.device)
     return vlm
 
 

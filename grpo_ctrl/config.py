@@ -7,6 +7,7 @@ values and raises `ConfigError` with one line naming the key and the fix.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,19 +24,26 @@ class ConfigError(ValueError):
 
 @dataclass
 class KnobSpaceConfig:
-    """Restrict or change the knob values; each null entry keeps the values saved with the model."""
+    """Restrict or change the knob values; each null entry keeps the model's values (grpo_ctrl.json, else derived
+    from the model)."""
 
-    tiers: dict[str, int] | None = None  # tier name -> patch-grid pooling factor (1 = all vision tokens)
+    # Tier name -> value, cheapest first (llava: grid pooling factor, 1 = every patch; qwen3_vl_moe: pixels per
+    # image). Typed Any so that `model.knobs.tiers={low:4,high:1}` replaces null on the command line (a typed
+    # dict node only merges into an existing dict); `validate` checks it.
+    tiers: Any = None
     top_ks: list[int] | None = None
     num_blocks: list[int] | None = None
 
 
 @dataclass
 class ModelConfig:
-    path: str | None = None  # a directory saved by AdaptiveVLM.save_pretrained; null = the embedded VLM
+    name: str = "embedded"  # embedded (shipped in the package) | hf (any supported model directory)
+    path: str | None = None  # hf: a directory as transformers saves it (config.json, weights, processor files)
     knobs: KnobSpaceConfig = field(default_factory=KnobSpaceConfig)
     dtype: str = "float32"
     device: str = "cpu"  # cpu | cuda | cuda:N
+    device_map: str | None = None  # e.g. auto: spread a model larger than one GPU (needs accelerate); then
+    #                               `device` is not used
     max_new_tokens: int = 2
 
 
@@ -171,6 +179,7 @@ _CHOICES = {
     "latency.statistic": ("median", "min"),
     "budgets.unit": ("fraction", "ms"),
     "model.dtype": ("float32", "float16", "bfloat16"),
+    "model.name": ("embedded", "hf"),
 }
 
 
@@ -211,10 +220,16 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
     _require(len(b.val) >= 1 and all(v > 0 for v in b.val), f"budgets.val={list(b.val)}: list one or more budgets > 0")
     unknown = set(cfg.data.mix) - set(QUESTION_TYPES)
     _require(not unknown, f"data.mix has unknown question types {sorted(unknown)}; use {list(QUESTION_TYPES)}")
+    _require(cfg.model.name != "hf" or bool(cfg.model.path),
+             "model=hf needs model.path=DIR: a model directory as transformers saves it (config.json, weights, "
+             "processor files)")
+    _require(cfg.model.name != "embedded" or not cfg.model.path,
+             f"model.path={cfg.model.path} with model=embedded (the shipped VLM); use model=hf model.path=DIR")
     knobs = cfg.model.knobs
     if knobs.tiers is not None:
-        _require(len(knobs.tiers) >= 1 and all(p >= 1 for p in knobs.tiers.values()),
-                 f"model.knobs.tiers={dict(knobs.tiers)}: map each tier name to a pooling factor >= 1")
+        _require(isinstance(knobs.tiers, Mapping) and len(knobs.tiers) >= 1
+                 and all(isinstance(p, int) and p >= 1 for p in knobs.tiers.values()),
+                 f"model.knobs.tiers={dict(knobs.tiers)}: map each tier name to a value >= 1 (cheapest first)")
     for key in ("top_ks", "num_blocks"):
         values = knobs[key]
         if values is not None:

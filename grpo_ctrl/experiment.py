@@ -111,7 +111,7 @@ class LatencyExperiment(BaseExperiment):
 
     def measure_inference_latency(self, inputs_or_sample: dict[str, torch.Tensor] | VQASample, knobs: Knobs,
                                   max_new_tokens: int | None = None, min_new_tokens: int | None = None,
-                                  image_features: torch.Tensor | None = None) -> PhaseTiming:
+                                  vision: dict[str, torch.Tensor] | None = None) -> PhaseTiming:
         """Vision / prefill / decode (+ per-step decode) ms, which sum to the total, and token counts of ONE
         batch-1 generate() call, from forward hooks that are removed afterwards (also when generate raises)."""
         if isinstance(inputs_or_sample, VQASample):
@@ -121,5 +121,5 @@ class LatencyExperiment(BaseExperiment):
         if max_new_tokens is None:
             max_new_tokens = self.default_max_new_tokens()
         timing, _ = hooked_generate(self.vlm, inputs, knobs, max_new_tokens=max_new_tokens,
-                                    min_new_tokens=min_new_tokens, image_features=image_features)
+                                    min_new_tokens=min_new_tokens, vision=vision)
         return timing

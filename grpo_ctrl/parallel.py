@@ -57,7 +57,7 @@ def dp_devices(requested: Sequence[str]) -> list[torch.device]:
 
 
 def make_replicas(vlm, devices: Sequence[torch.device]) -> list:
-    """One AdaptiveVLM per device; the first device gets `vlm` itself."""
+    """One VLMAdapter per device; the first device gets `vlm` itself."""
     import copy
 
     vlm.model.to(devices[0])

@@ -6,7 +6,7 @@ whatever else is in flight. Batching, the memo cache, a resume, a replica or a w
 cannot change a bit of it, which is what makes resume and parallel runs bit-identical. (Batched rows do
 not have this property on CPU: MKL picks other kernels for small row counts, padding changes attention
 widths, and each expert's row count depends on the other requests.) Throughput comes from caching
-vision tokens per (prompt, tier), memoising outcomes across steps, and worker processes, one per core.
+inputs and vision tokens per (prompt, tier), memoising outcomes across steps, and worker processes, one per core.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from grpo_ctrl.data import VQASample, vqa_score
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency.base import intra_op_threads
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm import VLMAdapter
 
 
 @dataclass(frozen=True)
@@ -42,40 +42,46 @@ class Outcome:
     gold_prob: float = float("nan")  # probability of the (best) gold answer's first token at the first step
 
 
-def compute_outcome(vlm: AdaptiveVLM, question: str, answers: Sequence[str], knobs: Knobs,
-                    vision_tokens: torch.Tensor, max_new_tokens: int) -> Outcome:
-    """One request at batch 1, its vision tokens (N_tier, H) from `AdaptiveVLM.encode_vision` at `knobs.tier`."""
+def compute_outcome(vlm: VLMAdapter, inputs: dict[str, torch.Tensor], vision: dict[str, torch.Tensor],
+                    answers: Sequence[str], knobs: Knobs, max_new_tokens: int) -> Outcome:
+    """One request at batch 1: its text inputs and vision encoding (`VLMAdapter.encode_vision`) at `knobs.tier`."""
     device = vlm.model.device
-    pool = vlm.knob_space.tiers[knobs.tier]
-    inputs = {k: v.to(device) for k, v in vlm.processor.text_inputs([question], pool).items()}
-    gen = vlm.generate(inputs, knobs, max_new_tokens=max_new_tokens, image_features=vision_tokens[None].to(device),
-                       return_first_logits=True)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    gen = vlm.generate(inputs, knobs, max_new_tokens=max_new_tokens, vision=vision, return_first_logits=True)
     gold_ids = torch.tensor([vlm.answer_first_token(a) for a in answers], device=device)
     # Only the gold answers' probabilities leave the device (a row of logits is vocabulary-sized).
     gold_prob = float(gen.first_logits[0].float().softmax(dim=-1)[gold_ids].max())
-    return Outcome(gen.answers[0], vqa_score(gen.answers[0], answers), vlm.processor.num_image_tokens(pool),
+    return Outcome(gen.answers[0], vqa_score(gen.answers[0], answers), vlm.image_tokens(inputs),
                    int(inputs["input_ids"].shape[1]), gen.num_generated[0], gen.ended_with_eos[0], gold_prob)
 
 
 # ---------------------------------------------------------------- worker processes
-_worker_vlm: AdaptiveVLM | None = None
+_worker_vlm: VLMAdapter | None = None
 
 
-def _start_worker(vlm: AdaptiveVLM) -> None:
+def _start_worker(vlm: VLMAdapter) -> None:
     global _worker_vlm
     torch.set_num_threads(1)
     _worker_vlm = vlm
 
 
-def _worker_outcome(task: tuple) -> Outcome:
-    question, answers, knobs, tokens, max_new_tokens = task
+def _to_numpy(tensors: dict[str, torch.Tensor]) -> dict:
+    return {k: v.numpy() for k, v in tensors.items()}
+
+
+def _from_numpy(arrays: dict) -> dict[str, torch.Tensor]:
     # A fresh torch allocation: the same 64-byte alignment as a tensor made in the parent.
-    return compute_outcome(_worker_vlm, question, answers, knobs, torch.from_numpy(tokens).clone(), max_new_tokens)
+    return {k: torch.from_numpy(v).clone() for k, v in arrays.items()}
+
+
+def _worker_outcome(task: tuple) -> Outcome:
+    inputs, vision, answers, knobs, max_new_tokens = task
+    return compute_outcome(_worker_vlm, _from_numpy(inputs), _from_numpy(vision), answers, knobs, max_new_tokens)
 
 
 class RolloutEngine:
-    def __init__(self, vlm: AdaptiveVLM, max_new_tokens: int = 2, memoize: bool = True,
-                 replicas: Sequence[AdaptiveVLM] = (), workers: int = 1):
+    def __init__(self, vlm: VLMAdapter, max_new_tokens: int = 2, memoize: bool = True,
+                 replicas: Sequence[VLMAdapter] = (), workers: int = 1):
         """`replicas` (parallel=dp): copies of `vlm` on other devices, each answering its share in a thread.
         `workers` > 1: that many CPU processes answer (the model's weights are shared with them, not copied)."""
         if workers > 1 and len(replicas) > 1:
@@ -87,7 +93,8 @@ class RolloutEngine:
         self.workers = workers
         self._pool = None
         self._outcomes: dict[tuple[Hashable, Knobs], Outcome] = {}
-        self._vision: dict[tuple[Hashable, str], torch.Tensor] = {}
+        # Per (prompt, tier): text inputs and vision encoding, made once, alone, kept on the CPU.
+        self._encoded: dict[tuple[Hashable, str], tuple[dict, dict]] = {}
         self._question: dict[Hashable, torch.Tensor] = {}
 
     def close(self) -> None:
@@ -104,25 +111,26 @@ class RolloutEngine:
                 self._question[p.key] = self.vlm.question_features([p.sample.question])[0]
         return torch.stack([self._question[p.key] for p in prompts])
 
-    def vision_tokens(self, prompt: Prompt, tier: str) -> torch.Tensor:
-        """Projected vision tokens (N_tier, H) of the prompt at `tier`, computed once, alone, kept on the CPU."""
+    def encoded(self, prompt: Prompt, tier: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(text inputs, vision encoding) of the prompt at `tier`: the processor and the vision encoder run once."""
         key = (prompt.key, tier)
-        if key not in self._vision:
+        if key not in self._encoded:
+            vlm = self.vlm
             with intra_op_threads(1):
-                px = self.vlm.processor.pixel_values([prompt.sample.image]).to(self.vlm.model.device)
-                self._vision[key] = self.vlm.encode_vision(px, tier)[0].cpu()
-        return self._vision[key]
+                inputs = vlm.inputs([prompt.sample.image], [prompt.sample.question], tier)
+                vision = vlm.encode_vision({k: v.to(vlm.model.device) for k, v in inputs.items()}, tier)
+            self._encoded[key] = (vlm.text_inputs(inputs), {k: v.cpu() for k, v in vision.items()})
+        return self._encoded[key]
 
     def vision_features(self, prompts: Sequence[Prompt], tiers: Sequence[str]) -> torch.Tensor:
         """Pooled vision feature (B, H) of each prompt at its own tier (what stage 2 reads)."""
-        return torch.stack([self.vlm.vision_summary(self.vision_tokens(p, t)[None])[0] for p, t in zip(prompts, tiers)])
+        return torch.stack([self.vlm.vision_summary(self.encoded(p, t)[1]) for p, t in zip(prompts, tiers)])
 
     # ------------------------------------------------------------ answers
     def run(self, prompts: Sequence[Prompt], knobs: Sequence[Knobs]) -> list[Outcome]:
         """Outcome of each (prompt, knobs) pair, in order."""
         todo = list({(p.key, k): (p, k) for p, k in zip(prompts, knobs) if (p.key, k) not in self._outcomes}.values())
-        tasks = [(p.sample.question, tuple(p.sample.answers), k, self.vision_tokens(p, k.tier),
-                  self.max_new_tokens) for p, k in todo]
+        tasks = [(*self.encoded(p, k.tier), tuple(p.sample.answers), k, self.max_new_tokens) for p, k in todo]
         for (p, k), outcome in zip(todo, self._answer(tasks)):
             self._outcomes[(p.key, k)] = outcome
         out = [self._outcomes[(p.key, k)] for p, k in zip(prompts, knobs)]
@@ -137,7 +145,7 @@ class RolloutEngine:
             if self._pool is None:  # spawn: forking a process that has run OpenMP threads can hang the child
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                                  initializer=_start_worker, initargs=(self.vlm,))
-            tasks = [(q, a, k, t.numpy(), n) for q, a, k, t, n in tasks]
+            tasks = [(_to_numpy(i), _to_numpy(v), a, k, n) for i, v, a, k, n in tasks]
             # A worker that dies raises BrokenProcessPool here (multiprocessing.Pool would wait forever).
             return list(self._pool.map(_worker_outcome, tasks, chunksize=max(1, len(tasks) // (4 * self.workers))))
         with intra_op_threads(1):

@@ -3,9 +3,9 @@ import torch
 
 from grpo_ctrl.data import vocabulary
 from grpo_ctrl.knobs import KnobSpace
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
-from grpo_ctrl.vlm.builder import EmbeddedVLMSize, build_embedded_vlm
-from grpo_ctrl.vlm.tokenizer import VLMProcessor, build_tokenizer
+from grpo_ctrl.vlm import VLMAdapter
+from grpo_ctrl.vlm.builder import EmbeddedVLMSize, embedded_vlm
+from grpo_ctrl.vlm.tokenizer import build_tokenizer
 
 TINY = EmbeddedVLMSize(vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=4, num_experts=4,
                        expert_hidden=32, heads=2, kv_heads=1)
@@ -18,12 +18,10 @@ def _threads():
 
 
 @pytest.fixture
-def tiny_vlm() -> AdaptiveVLM:
+def tiny_vlm() -> VLMAdapter:
     """A randomly initialised miniature of the embedded VLM (fast; knob mechanics only)."""
     torch.manual_seed(0)
-    tok = build_tokenizer(vocabulary())
-    model = build_embedded_vlm(len(tok), tok.convert_tokens_to_ids("<image>"), TINY)
-    return AdaptiveVLM(model, VLMProcessor(tok, TINY.image_size // TINY.patch_size), TINY_SPACE, [3, 1, 2])
+    return embedded_vlm(build_tokenizer(vocabulary()), TINY, TINY_SPACE, [3, 1, 2])
 
 
 def write_tiny_model_dir(path):
@@ -31,9 +29,7 @@ def write_tiny_model_dir(path):
     from grpo_ctrl.latency import LatencyEstimator
 
     torch.manual_seed(0)
-    tok = build_tokenizer(vocabulary())
-    model = build_embedded_vlm(len(tok), tok.convert_tokens_to_ids("<image>"), TINY)
-    vlm = AdaptiveVLM(model, VLMProcessor(tok, TINY.image_size // TINY.patch_size), TINY_SPACE, [3, 1, 2])
+    vlm = embedded_vlm(build_tokenizer(vocabulary()), TINY, TINY_SPACE, [3, 1, 2])
     vlm.save_pretrained(path)
     coef = {"vision": [0.5, 0.02, 0.0], "prefill": [1.0, 0.01, 0.01, 0.004, 0.2, 0.05, 0.0],
             "decode_step": [0.3, 0.3, 0.1, 0.0], "finish": [1.0, 0.1]}

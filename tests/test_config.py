@@ -12,7 +12,7 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
 
 GROUP_OPTIONS = {
-    "model": ["embedded", "local_hf"],
+    "model": ["embedded", "hf"],
     "data": ["grid_vqa"],
     "controller": ["default"],
     "reward": ["default", "seed"],
@@ -34,7 +34,7 @@ def test_every_group_option_has_a_yaml_file():
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
 def test_every_group_option_composes_and_validates(group, option):
-    extra = ["model.path=/models/x"] if option == "local_hf" else []
+    extra = ["model.path=/models/x"] if option == "hf" else []
     cfg = _compose([f"{group}={option}", *extra])
     validate(cfg)
     if group == "latency":

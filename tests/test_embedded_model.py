@@ -9,13 +9,13 @@ import pytest
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import LatencyEstimator
-from grpo_ctrl.vlm.adaptive import EMBEDDED_DIR, AdaptiveVLM
+from grpo_ctrl.vlm import EMBEDDED_DIR, load_vlm
 from grpo_ctrl.vlm.evaluation import by_type, score_setting
 
 
 @pytest.fixture(scope="module")
 def embedded():
-    return AdaptiveVLM.from_pretrained()
+    return load_vlm()
 
 
 @pytest.fixture(scope="module")

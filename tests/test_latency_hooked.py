@@ -16,7 +16,8 @@ def sample():
 
 
 def _hook_state(vlm):
-    mods = [vlm.model, vlm.model.model.vision_tower, vlm.model.model.multi_modal_projector]
+    phases = vlm.phase_modules()
+    mods = [phases.forward, phases.vision_start, phases.vision_end]
     return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in mods]
 
 
@@ -32,8 +33,8 @@ def test_phases_of_one_generate_are_consistent(tiny_vlm, sample, knobs, n):
     assert t.vision + t.prefill + t.decode == pytest.approx(t.total)
     assert t.covered == pytest.approx(1.0)
     assert 0 < t.vision < t.forward_ms < t.total  # the model's work is inside the phases, not all of them
-    question = len(tiny_vlm.processor.question_ids([sample.question])[0])
-    assert t.image_tokens == tiny_vlm.num_image_tokens(knobs.tier)
+    question = len(tiny_vlm.tokenizer.encode(sample.question, add_special_tokens=False))
+    assert t.image_tokens == tiny_vlm.num_image_tokens(tiny_vlm.knob_space.tiers[knobs.tier])
     assert t.prompt_tokens == 1 + t.image_tokens + question
 
 
@@ -41,8 +42,8 @@ def test_pre_encoded_vision_has_zero_vision_phase(tiny_vlm, sample):
     exp = LatencyExperiment(vlm=tiny_vlm)
     knobs = Knobs("medium", 2, 4)
     inputs = exp.inputs_for(sample, knobs)
-    feats = tiny_vlm.encode_vision(inputs["pixel_values"], "medium")
-    t = exp.measure_inference_latency(inputs, knobs, max_new_tokens=2, min_new_tokens=2, image_features=feats)
+    vision = tiny_vlm.encode_vision(inputs, "medium")
+    t = exp.measure_inference_latency(inputs, knobs, max_new_tokens=2, min_new_tokens=2, vision=vision)
     assert t.vision == 0 and t.prefill > 0 and t.num_decode_steps == 1
 
 
@@ -70,7 +71,7 @@ def test_hooks_are_removed_after_a_normal_call(tiny_vlm, sample):
 
 def test_timer_reset_replaces_lists_and_hooks_still_record(tiny_vlm, sample):
     inputs = tiny_vlm.inputs([sample.image], [sample.question], "low")
-    timer = PhaseTimer(tiny_vlm.model)
+    timer = PhaseTimer(tiny_vlm)
     with timer:
         timer.reset()
         tiny_vlm.generate(inputs, Knobs("low", 1, 2), max_new_tokens=3, min_new_tokens=3)
@@ -143,7 +144,7 @@ def test_measured_provider_respects_warmup_repeats_and_forced_length(tiny_vlm, s
     calls = []
     original = tiny_vlm.generate
 
-    def counting(inputs, knobs, max_new_tokens=2, min_new_tokens=None, image_features=None):
+    def counting(inputs, knobs, max_new_tokens=2, min_new_tokens=None, vision=None):
         calls.append((knobs, max_new_tokens, min_new_tokens))
         return original(inputs, knobs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
 
@@ -193,7 +194,7 @@ def test_measured_provider_rejects_batches_and_missing_inputs(tiny_vlm):
 
 def test_request_counts_exclude_padding(tiny_vlm):
     samples = GridVQA().split("test", 8)
-    lengths = [len(ids) for ids in tiny_vlm.processor.question_ids([s.question for s in samples])]
+    lengths = [len(tiny_vlm.tokenizer.encode(s.question, add_special_tokens=False)) for s in samples]
     short = int(np.argmin(lengths))
     assert min(lengths) < max(lengths)
     batch = tiny_vlm.inputs([s.image for s in samples], [s.question for s in samples], "medium")

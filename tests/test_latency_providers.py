@@ -19,7 +19,7 @@ from grpo_ctrl.latency import (
     Request,
     make_latency_provider,
 )
-from grpo_ctrl.latency.providers import default_estimator_path
+from grpo_ctrl.latency.providers import estimator_path
 
 COEF = {"vision": [1, 0, 0], "prefill": [1, 0.01, 0, 0, 0.1, 0, 0], "decode_step": [0.5, 0.2, 0, 0],
         "finish": [2, 0.1]}
@@ -55,12 +55,24 @@ def test_factory_errors(tiny_vlm, tmp_path):
         make_latency_provider("stopwatch", tiny_vlm, _latency_cfg())
 
 
-def test_default_estimator_path_follows_the_model_dir(tiny_vlm, tmp_path):
+def test_estimator_path_follows_the_model_dir_and_never_falls_back(tmp_path):
     LatencyEstimator(COEF).save(tmp_path / "latency_estimator.json")
-    tiny_vlm.model.config._name_or_path = str(tmp_path)
-    assert default_estimator_path(tiny_vlm) == tmp_path / "latency_estimator.json"
-    tiny_vlm.model.config._name_or_path = str(tmp_path / "elsewhere")
-    assert default_estimator_path(tiny_vlm).parent.name == "embedded_vlm"
+    assert estimator_path(_latency_cfg(), tmp_path) == tmp_path / "latency_estimator.json"
+    explicit = tmp_path / "mine.json"
+    assert estimator_path(_latency_cfg(estimator_path=str(explicit)), tmp_path) == explicit
+    with pytest.raises(EstimatorError, match="no latency estimator for the model at .*profile_latency.py") as err:
+        estimator_path(_latency_cfg(), tmp_path / "elsewhere")
+    assert "\n" not in str(err.value)
+    with pytest.raises(EstimatorError, match="set latency.estimator_path"):
+        estimator_path(_latency_cfg(), None)
+
+
+def test_an_estimator_fitted_on_another_model_is_refused(tiny_vlm, tmp_path):
+    path = LatencyEstimator(COEF, {"model": {**tiny_vlm.signature, "layers": 99}}).save(tmp_path / "est.json")
+    with pytest.raises(EstimatorError, match="fitted on another model: layers 99 .estimator. vs 4 .model."):
+        make_latency_provider("estimator", tiny_vlm, _latency_cfg(estimator_path=str(path)))
+    same = LatencyEstimator(COEF, {"model": tiny_vlm.signature}).save(tmp_path / "same.json")
+    assert make_latency_provider("estimator", tiny_vlm, _latency_cfg(estimator_path=str(same))).name == "estimator"
 
 
 def test_base_experiment_builds_data_and_writes_results(tmp_path):

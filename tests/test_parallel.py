@@ -17,7 +17,7 @@ TORCHRUN = str(Path(PY).with_name("torchrun"))
 
 
 def overrides(model_dir, *extra):
-    return [f"model.path={model_dir}", "steps=3", "val_every=3", "ckpt_every=3", "prompts_per_step=4",
+    return ["model=hf", f"model.path={model_dir}", "steps=3", "val_every=3", "ckpt_every=3", "prompts_per_step=4",
             "group_size=4", "data.train_size=24", "data.val_size=10", "logger=none", "progress=false", "threads=1",
             "rollout_workers=1", *extra]
 

@@ -10,7 +10,7 @@ import torch
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.rollout import Prompt, RolloutEngine
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm import load_vlm
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_an_outcome_does_not_depend_on_what_else_is_computed(tiny_vlm, tiny_mode
     with the row count, padding changes attention widths, expert row counts depend on the neighbours); a loaded
     model's replicas fail it if the loaded weights are memory-mapped at another alignment than the copies'."""
     if source == "loaded":
-        tiny_vlm = AdaptiveVLM.from_pretrained(tiny_model_dir)
+        tiny_vlm = load_vlm(tiny_model_dir)
     data = GridVQA()
     pool = [Prompt(("train", i), data.sample("train", i)) for i in range(16)]
     rng = random.Random(0)

@@ -27,7 +27,7 @@ TRAIN_KEYS = {"train/reward_mean", "train/reward_std", "train/accuracy", "train/
 def small_cfg(model_dir, *overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose(config_name="config", overrides=[
-            f"model.path={model_dir}", "steps=3", "val_every=3", "ckpt_every=1", "prompts_per_step=4",
+            "model=hf", f"model.path={model_dir}", "steps=3", "val_every=3", "ckpt_every=1", "prompts_per_step=4",
             "group_size=4", "data.train_size=24", "data.val_size=8", "logger=none", "progress=false", "threads=1",
             "rollout_workers=1", *overrides])
 
@@ -137,7 +137,8 @@ def test_sigkill_between_checkpoints_then_the_same_command_matches_an_uninterrup
     """kill -9 loses the steps after the last checkpoint; rerunning in the same run dir redoes them with the same
     outcomes (rollout workers on, as by default), so the controller is the uninterrupted run's bit for bit."""
     root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "train.py", f"model.path={tiny_model_dir}", "steps=30", "val_every=15", "ckpt_every=10",
+    cmd = [sys.executable, "train.py", "model=hf", f"model.path={tiny_model_dir}", "steps=30", "val_every=15",
+           "ckpt_every=10",
            "prompts_per_step=4", "group_size=4", "data.train_size=24", "data.val_size=8", "logger=none",
            "progress=false", "threads=1", "rollout_workers=2"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"

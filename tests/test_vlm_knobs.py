@@ -22,7 +22,7 @@ def _inputs(vlm, samples, tier):
 @pytest.mark.parametrize("tier,tokens", [("low", 4), ("medium", 16), ("high", 64)])
 def test_tier_sets_image_tokens_in_sequence_and_in_vision_encoder(tiny_vlm, batch, tier, tokens):
     inputs = _inputs(tiny_vlm, batch, tier)
-    assert (inputs["input_ids"] == tiny_vlm.processor.image_token_id).sum(dim=1).tolist() == [tokens] * len(batch)
+    assert (inputs["input_ids"] == tiny_vlm.image_token_id).sum(dim=1).tolist() == [tokens] * len(batch)
     seen = []
     layer = tiny_vlm.model.model.vision_tower.encoder.layers[0]
     handle = layer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0].shape[1]), with_kwargs=True)
@@ -31,7 +31,8 @@ def test_tier_sets_image_tokens_in_sequence_and_in_vision_encoder(tiny_vlm, batc
     finally:
         handle.remove()
     assert seen == [tokens]
-    assert tiny_vlm.encode_vision(inputs["pixel_values"], tier).shape[1] == tokens
+    one = _inputs(tiny_vlm, batch[:1], tier)
+    assert tiny_vlm.encode_vision(one, tier)["image_features"].shape[0] == tokens
 
 
 @pytest.mark.parametrize("top_k", [1, 2, 4])
@@ -114,11 +115,11 @@ def test_bad_knobs_raise_one_clear_error(tiny_vlm, knobs, match):
 
 
 def test_save_and_from_pretrained_give_identical_outputs(tiny_vlm, batch, tmp_path):
-    from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+    from grpo_ctrl.vlm import load_vlm
 
     tiny_vlm.save_pretrained(tmp_path, extra={"recipe": {"seed": 0}})
     (tmp_path / "block_importance.json").write_text('{"drop_order": [3, 1, 2]}')
-    loaded = AdaptiveVLM.from_pretrained(tmp_path)
+    loaded = load_vlm(tmp_path)
     assert loaded.knob_space == tiny_vlm.knob_space and loaded.block_drop_order == [3, 1, 2]
     knobs = Knobs("medium", 2, 3)
     a = tiny_vlm.generate(_inputs(tiny_vlm, batch, "medium"), knobs, max_new_tokens=3, min_new_tokens=3)
@@ -126,17 +127,19 @@ def test_save_and_from_pretrained_give_identical_outputs(tiny_vlm, batch, tmp_pa
     assert torch.equal(a.new_tokens, b.new_tokens)
 
 
-def test_missing_model_dir_is_one_clear_error(tmp_path):
-    from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+def test_empty_model_dir_is_one_clear_error(tmp_path):
+    from grpo_ctrl.vlm import ModelDirError, load_vlm
 
-    with pytest.raises(FileNotFoundError, match="grpo_ctrl.json not found"):
-        AdaptiveVLM.from_pretrained(tmp_path)
+    with pytest.raises(ModelDirError, match="has no config.json") as err:
+        load_vlm(tmp_path)
+    assert "\n" not in str(err.value)
 
 
 def test_precomputed_vision_features_give_the_same_answers(tiny_vlm, batch):
     knobs = Knobs("medium", 2, 3)
-    inputs = _inputs(tiny_vlm, batch, "medium")
-    feats = tiny_vlm.encode_vision(inputs["pixel_values"], "medium")
-    a = tiny_vlm.generate(inputs, knobs, max_new_tokens=3, min_new_tokens=3)
-    b = tiny_vlm.generate(inputs, knobs, max_new_tokens=3, min_new_tokens=3, image_features=feats)
-    assert torch.equal(a.new_tokens, b.new_tokens)
+    for sample in batch:
+        inputs = _inputs(tiny_vlm, [sample], "medium")
+        vision = tiny_vlm.encode_vision(inputs, "medium")
+        a = tiny_vlm.generate(inputs, knobs, max_new_tokens=3, min_new_tokens=3)
+        b = tiny_vlm.generate(tiny_vlm.text_inputs(inputs), knobs, max_new_tokens=3, min_new_tokens=3, vision=vision)
+        assert torch.equal(a.new_tokens, b.new_tokens)

@@ -13,11 +13,11 @@ from grpo_ctrl.latency.estimator import (
 )
 from grpo_ctrl.latency.hooked import HookedLatency, PhaseTimer, PhaseTiming, hooked_generate
 from grpo_ctrl.latency.measured import LatencyStats, MeasuredLatency, time_generate
-from grpo_ctrl.latency.providers import KINDS, default_estimator_path, make_latency_provider
+from grpo_ctrl.latency.providers import KINDS, estimator_path, make_latency_provider
 
 __all__ = [
     "DEFAULT_ESTIMATOR_PATH", "ESTIMATOR_FILE", "KINDS", "EstimatorError", "EstimatorLatency", "HookedLatency",
     "LatencyEstimator", "LatencyProvider", "LatencyStats", "MeasuredLatency", "PhaseTimer", "PhaseTiming", "Request",
-    "default_estimator_path", "evaluate", "fit_estimator", "hooked_generate", "make_latency_provider", "now",
+    "estimator_path", "evaluate", "fit_estimator", "hooked_generate", "make_latency_provider", "now",
     "time_generate",
 ]

@@ -26,7 +26,7 @@ class Request:
     `prompt_tokens` is the prompt length without padding, i.e. the prefill length: BOS + `image_tokens`
     (`<image>` ids, set by the tier) + question tokens (the convention of `rollout.Outcome`).
     `generated_tokens` (>= 1) is the number of new tokens, EOS included. `inputs` (the batch-1 model inputs
-    from `AdaptiveVLM.inputs`) is needed only by the measuring providers (`provider.needs_inputs`).
+    from `VLMAdapter.inputs`) is needed only by the measuring providers (`provider.needs_inputs`).
     """
 
     knobs: Knobs
@@ -54,8 +54,8 @@ class Request:
     @classmethod
     def for_vlm(cls, vlm: Any, inputs: dict[str, torch.Tensor], knobs: Knobs, generated_tokens: int,
                 keep_inputs: bool = True) -> Request:
-        """`from_inputs` with the image token id of an `AdaptiveVLM`."""
-        return cls.from_inputs(inputs, knobs, generated_tokens, vlm.processor.image_token_id, keep_inputs)
+        """`from_inputs` with the image token id of a `VLMAdapter`."""
+        return cls.from_inputs(inputs, knobs, generated_tokens, vlm.image_token_id, keep_inputs)
 
 
 @runtime_checkable
@@ -73,7 +73,7 @@ class LatencyProvider(Protocol):
 def require_inputs(request: Request, provider: str) -> dict[str, torch.Tensor]:
     if request.inputs is None:
         raise ValueError(f"the {provider} latency provider runs the model, so each Request needs `inputs` "
-                         "(batch-1 model inputs from AdaptiveVLM.inputs); build it with Request.for_vlm")
+                         "(batch-1 model inputs from VLMAdapter.inputs); build it with Request.for_vlm")
     if request.generated_tokens < 1:
         raise ValueError(f"generated_tokens={request.generated_tokens} must be >= 1")
     return request.inputs

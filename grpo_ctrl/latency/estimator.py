@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from grpo_ctrl.latency.base import Request
-from grpo_ctrl.vlm.adaptive import EMBEDDED_DIR
+from grpo_ctrl.vlm import EMBEDDED_DIR
 
 ESTIMATOR_FILE = "latency_estimator.json"
 DEFAULT_ESTIMATOR_PATH = EMBEDDED_DIR / ESTIMATOR_FILE
@@ -191,7 +191,7 @@ class LatencyEstimator:
     def load(cls, path: str | Path | None = None) -> LatencyEstimator:
         """Load a fitted estimator (default: the embedded VLM's). Missing or unusable -> one-line `EstimatorError`."""
         path = Path(path) if path is not None else DEFAULT_ESTIMATOR_PATH
-        fix = f"fit it with `{REFIT_COMMAND}` (model_path=DIR for another model) or set latency.estimator_path"
+        fix = f"fit it with `{REFIT_COMMAND}` (model.path=DIR for another model) or set latency.estimator_path"
         if not path.is_file():
             raise EstimatorError(f"latency estimator {path} not found; {fix}")
         try:

@@ -3,10 +3,10 @@
 The hooks stamp the boundaries of the request's phases; the phases are the intervals between them, so they
 partition the request's wall time (the serving view: time to first token, then time per output token):
 
-- `vision`: vision encoder + projector (pre-hook on `model.model.vision_tower`, hook on
-  `model.model.multi_modal_projector`);
+- `vision`: the vision encoder (+ projector / merger), between the modules the model's adapter names
+  (`VLMAdapter.phase_modules()`: for Llava, a pre-hook on the vision tower and a hook on the projector);
 - `prefill`: the rest of the time to the first token: from the call's start to the end of the first top-level
-  forward of the Llava model (knob application, input and cache set-up, the prompt's forward), minus vision;
+  forward of the model (knob application, input and cache set-up, the prompt's forward), minus vision;
 - `decode`: from there to the call's end. `decode_steps_ms[i]` is the interval between the ends of forwards
   i and i+1 (that token's forward plus the logits processing and stopping checks before it); what follows
   the last forward (output assembly) is `decode - sum(decode_steps_ms)`.
@@ -90,17 +90,16 @@ class PhaseTiming:
 
 
 class PhaseTimer:
-    """Forward hooks on a Llava-style model that stamp the start and end of vision and of each top-level forward.
+    """Forward hooks on a VLM (at its adapter's `phase_modules()`) that stamp the start and end of vision and of
+    each top-level forward.
 
     Use as a context manager around one generate() call; `attach()` / `detach()` also work. Stamps come from a
     `clock.Timeline`: `time.perf_counter` on CPU, CUDA events read after the call on GPU (no synchronize inside it).
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None):
-        self.model = model
-        self.vision_tower = model.model.vision_tower
-        self.projector = model.model.multi_modal_projector
-        self.timeline = Timeline(device)
+    def __init__(self, vlm):
+        self.modules = vlm.phase_modules()
+        self.timeline = Timeline(vlm.model.device)
         self._handles: list = []
         self.reset()
 
@@ -133,10 +132,10 @@ class PhaseTimer:
         self.reset()
         try:
             self._handles = [
-                self.vision_tower.register_forward_pre_hook(lambda m, a: self._on_vision_start(m, a)),
-                self.projector.register_forward_hook(lambda m, a, o: self._on_vision_end(m, a, o)),
-                self.model.register_forward_pre_hook(lambda m, a: self._on_forward_start(m, a)),
-                self.model.register_forward_hook(lambda m, a, o: self._on_forward_end(m, a, o)),
+                self.modules.vision_start.register_forward_pre_hook(lambda m, a: self._on_vision_start(m, a)),
+                self.modules.vision_end.register_forward_hook(lambda m, a, o: self._on_vision_end(m, a, o)),
+                self.modules.forward.register_forward_pre_hook(lambda m, a: self._on_forward_start(m, a)),
+                self.modules.forward.register_forward_hook(lambda m, a, o: self._on_forward_end(m, a, o)),
             ]
         except BaseException:
             self.detach()
@@ -173,18 +172,18 @@ class PhaseTimer:
 
 
 def hooked_generate(vlm, inputs: dict[str, torch.Tensor], knobs: Knobs, max_new_tokens: int = 2,
-                    min_new_tokens: int | None = None, image_features: torch.Tensor | None = None):
+                    min_new_tokens: int | None = None, vision: dict[str, torch.Tensor] | None = None):
     """Run ONE `vlm.generate` under a `PhaseTimer`; returns (PhaseTiming, Generation).
 
-    With `image_features` (pre-encoded vision) the vision encoder does not run and `vision` is 0.
+    With `vision` (pre-encoded, `VLMAdapter.encode_vision`) the vision encoder does not run and `vision` is 0.
     """
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError(f"hooked latency is defined at batch 1, got a batch of {inputs['input_ids'].shape[0]}")
-    timer = PhaseTimer(vlm.model, vlm.model.device)
+    timer = PhaseTimer(vlm)
     with timer:
         timer.timeline.start()
         gen = vlm.generate(inputs, knobs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                           image_features=image_features)
+                           vision=vision)
         end = timer.timeline.stamp()
     request = Request.for_vlm(vlm, inputs, knobs, gen.num_generated[0], keep_inputs=False)
     timing = PhaseTiming(**timer.phases_ms(end), image_tokens=request.image_tokens,

@@ -6,7 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from grpo_ctrl.latency.base import LatencyProvider
-from grpo_ctrl.latency.estimator import DEFAULT_ESTIMATOR_PATH, ESTIMATOR_FILE, EstimatorLatency, LatencyEstimator
+from grpo_ctrl.latency.estimator import (
+    ESTIMATOR_FILE,
+    REFIT_COMMAND,
+    EstimatorError,
+    EstimatorLatency,
+    LatencyEstimator,
+)
 from grpo_ctrl.latency.hooked import HookedLatency
 from grpo_ctrl.latency.measured import MeasuredLatency
 
@@ -20,24 +26,50 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def default_estimator_path(vlm=None) -> Path:
-    """The estimator saved next to the model `vlm` was loaded from, else the embedded VLM's."""
-    source = getattr(getattr(getattr(vlm, "model", None), "config", None), "_name_or_path", "") or ""
-    if source and (Path(source) / ESTIMATOR_FILE).is_file():
-        return Path(source) / ESTIMATOR_FILE
-    return DEFAULT_ESTIMATOR_PATH
+def estimator_path(latency_cfg: Any, model_dir: str | Path | None) -> Path:
+    """`latency.estimator_path` when set, else the estimator saved next to the model; never another model's.
+
+    Raises EstimatorError (one line, naming the command that fits one) when there is none."""
+    explicit = _get(latency_cfg, "estimator_path")
+    if explicit:
+        return Path(explicit)
+    if model_dir is None:
+        raise EstimatorError("the model was not loaded from a directory, so no latency estimator goes with it; "
+                             "set latency.estimator_path")
+    path = Path(model_dir) / ESTIMATOR_FILE
+    if not path.is_file():
+        raise EstimatorError(f"no latency estimator for the model at {model_dir} ({ESTIMATOR_FILE} missing); fit one "
+                             f"with `{REFIT_COMMAND} model.path={model_dir}` (it writes it there) or set "
+                             "latency.estimator_path")
+    return path
+
+
+def check_estimator_model(estimator: LatencyEstimator, path: Path, signature: dict) -> None:
+    """Refuse an estimator fitted on another model (its meta records the model's signature)."""
+    fitted = estimator.meta.get("model")
+    if fitted is None:
+        return
+    diff = {k: (fitted.get(k), v) for k, v in signature.items() if fitted.get(k) != v}
+    if diff:
+        what = ", ".join(f"{k} {a} (estimator) vs {b} (model)" for k, (a, b) in diff.items())
+        raise EstimatorError(f"latency estimator {path} was fitted on another model: {what}; fit one for this model "
+                             f"with `{REFIT_COMMAND} model.path=DIR`")
 
 
 def make_latency_provider(kind: str, vlm=None, latency_cfg: Any = None, experiment=None) -> LatencyProvider:
     """Provider for `kind` in estimator | measured | hooked.
 
-    - estimator: `LatencyEstimator.load(latency_cfg.estimator_path or <model dir>/latency_estimator.json)`;
+    - estimator: `LatencyEstimator.load(latency_cfg.estimator_path or <model dir>/latency_estimator.json)`,
+      refused if it was fitted on another model;
     - measured: `MeasuredLatency(vlm, latency_cfg.warmup, .repeats, .threads, .statistic)`;
     - hooked: `HookedLatency(experiment or LatencyExperiment(vlm=vlm), ...)` with the same keys.
     """
     if kind == "estimator":
-        path = _get(latency_cfg, "estimator_path") or default_estimator_path(vlm)
-        return EstimatorLatency(LatencyEstimator.load(path))
+        path = estimator_path(latency_cfg, getattr(vlm, "source", None))
+        estimator = LatencyEstimator.load(path)
+        if vlm is not None:
+            check_estimator_model(estimator, path, vlm.signature)
+        return EstimatorLatency(estimator)
     warmup, repeats = int(_get(latency_cfg, "warmup", 1)), int(_get(latency_cfg, "repeats", 3))
     threads, statistic = _get(latency_cfg, "threads"), _get(latency_cfg, "statistic", "median")
     if kind == "measured":

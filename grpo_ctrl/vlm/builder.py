@@ -1,10 +1,16 @@
-"""Builds the embedded default VLM from transformers classes: SigLIP vision tower + Qwen3-MoE text model."""
+"""Builds the embedded default VLM from transformers classes: SigLIP vision tower + Qwen3-MoE text model, with
+its locally built processor, as a Llava adapter."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen3MoeConfig, SiglipVisionConfig
+
+from grpo_ctrl.knobs import KnobSpace
+from grpo_ctrl.vlm.llava import LlavaAdapter
+from grpo_ctrl.vlm.tokenizer import IMAGE, build_processor
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,15 @@ def build_embedded_vlm(vocab_size: int, image_token_id: int, size: EmbeddedVLMSi
     model.generation_config.eos_token_id = eos_id
     model.generation_config.pad_token_id = pad_id
     return model
+
+
+def embedded_vlm(tokenizer, size: EmbeddedVLMSize, knob_space: KnobSpace,
+                 block_drop_order: Sequence[int] | None = None) -> LlavaAdapter:
+    """A freshly initialised embedded-style VLM (current torch seed) with its processor. Its tiers pool the patch
+    grid inside the tower (it is trained elastically over them: see experiments/pretrain_tiny_vlm.py)."""
+    model = build_embedded_vlm(len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE), size)
+    processor = build_processor(tokenizer, size.image_size, size.patch_size)
+    return LlavaAdapter(model, processor, knob_space, block_drop_order, {"tier_pooling": "patches"})
 
 
 def size_dict(size: EmbeddedVLMSize) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -10,15 +11,16 @@ import torch
 
 from grpo_ctrl.data import VQASample, vqa_score
 from grpo_ctrl.knobs import Knobs
-from grpo_ctrl.vlm.adaptive import AdaptiveVLM
+from grpo_ctrl.vlm import VLMAdapter
 
 
-def score_setting(vlm: AdaptiveVLM, samples: Sequence[VQASample], knobs: Knobs, batch_size: int = 128) -> np.ndarray:
+def score_setting(vlm: VLMAdapter, samples: Sequence[VQASample], knobs: Knobs, batch_size: int = 128) -> np.ndarray:
     """Per-sample VQA score of the greedy answer under `knobs`."""
     scores = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
-        gen = vlm.answer([s.image for s in chunk], [s.question for s in chunk], knobs)
+        inputs = vlm.inputs([s.image for s in chunk], [s.question for s in chunk], knobs.tier)
+        gen = vlm.generate({k: v.to(vlm.model.device) for k, v in inputs.items()}, knobs)
         scores += [vqa_score(a, s.answers) for a, s in zip(gen.answers, chunk)]
     return np.array(scores)
 
@@ -38,25 +40,17 @@ def oracle_cheapest(settings: Sequence[Knobs], scores: dict[Knobs, np.ndarray], 
 
 
 @torch.no_grad()
-def first_token_correct(vlm: AdaptiveVLM, samples: Sequence[VQASample], pool: int, top_k: int,
-                        keep: Sequence[int], batch_size: int = 128) -> np.ndarray:
-    """Whether the greedy first answer token is right, under any block subset (not only the knob space).
-
-    One forward per batch instead of generate(): the embedded task's answers are single tokens.
-    """
-    previous = vlm.knobs
-    tok = vlm.processor.tokenizer
-    vlm.set_pool(pool)
-    vlm.set_top_k(top_k)
-    vlm.keep_blocks(keep)
-    try:
-        correct = []
+def first_token_correct(vlm: VLMAdapter, samples: Sequence[VQASample], knobs: Knobs,
+                        keep: Sequence[int] | None = None, batch_size: int = 128) -> np.ndarray:
+    """Whether the greedy first answer token is right under `knobs`, optionally with another block subset `keep`
+    (block importance visits subsets outside the knob space). One forward per batch instead of generate()."""
+    correct = []
+    with vlm.apply(knobs), (vlm.blocks_kept(keep) if keep is not None else contextlib.nullcontext()):
         for i in range(0, len(samples), batch_size):
             chunk = samples[i:i + batch_size]
-            inputs = vlm.processor([s.image for s in chunk], [s.question for s in chunk], pool)
-            pred = vlm.model(**inputs, logits_to_keep=1).logits[:, -1].argmax(-1)
-            gold = torch.tensor([tok.convert_tokens_to_ids(s.answer) for s in chunk])
+            inputs = vlm.inputs([s.image for s in chunk], [s.question for s in chunk], knobs.tier)
+            inputs = {k: v.to(vlm.model.device) for k, v in inputs.items()}
+            pred = vlm.first_token_logits(inputs).argmax(-1).cpu()
+            gold = torch.tensor([vlm.answer_first_token(s.answer) for s in chunk])
             correct += (pred == gold).tolist()
-    finally:
-        vlm.set_knobs(previous)
     return np.array(correct, dtype=float)
