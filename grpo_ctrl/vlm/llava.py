@@ -108,8 +108,7 @@ class LlavaAdapter(VLMAdapter):
             out = self.model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)
         finally:
             self._pool = previous
-        features = out.pooler_output
-        return {"image_features": (features[0] if isinstance(features, (list, tuple)) else features[0])}
+        return {"image_features": out.pooler_output[0]}
 
     def _vision_kwargs(self, vision: dict[str, torch.Tensor]) -> dict:
         features = vision["image_features"].to(self.model.device)

@@ -45,10 +45,6 @@ class ModelDir:
     knob_space: KnobSpace
     drop_order: list[int] | None  # from block_importance.json
 
-    @property
-    def is_embedded(self) -> bool:
-        return self.path.resolve() == EMBEDDED_DIR
-
 
 def supported() -> str:
     return ", ".join(f"{a.family} ({a.model_class.__name__})" for a in ADAPTERS)
