@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from latency_overhead import paired_times  # benchmarks/ is on sys.path when run as a script
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.latency import PhaseTimer
-from grpo_ctrl.latency.clock import now
 from grpo_ctrl.vlm import load_vlm
 from grpo_ctrl.vlm.tiny import FAMILIES, TINY_KNOBS, write_family_dir
 
@@ -38,32 +38,6 @@ class Stamps(LogitsProcessor):
     def __call__(self, input_ids, scores):
         self.stamps.append(time.perf_counter())
         return scores
-
-
-def overhead(exp: LatencyExperiment, inputs: dict, knobs, n: int, pairs: int) -> float:
-    """Median over interleaved pairs of hooked / plain generate() time."""
-    vlm, device = exp.vlm, exp.vlm.model.device
-
-    def plain() -> float:
-        start = now(device)
-        vlm.generate(inputs, knobs, max_new_tokens=n, min_new_tokens=n)
-        return now(device) - start
-
-    def hooked() -> float:
-        start = now(device)
-        exp.measure_inference_latency(inputs, knobs, max_new_tokens=n, min_new_tokens=n)
-        return now(device) - start
-
-    for _ in range(3):
-        plain(), hooked()
-    ratios = []
-    for i in range(pairs):  # alternate which runs first so drift cancels
-        if i % 2:
-            h, p = hooked(), plain()
-        else:
-            p, h = plain(), hooked()
-        ratios.append(h / p)
-    return float(np.median(ratios))
 
 
 def against_logits_timer(vlm, inputs: dict, knobs, n: int, runs: int) -> tuple[float, float]:
@@ -119,7 +93,8 @@ def main() -> None:
             exp = LatencyExperiment(vlm=vlm)
             knobs = vlm.knob_space.full
             inputs = exp.inputs_for(sample, knobs)
-            ratio = overhead(exp, inputs, knobs, n, args.pairs)
+            plain_ms, hooked_ms = paired_times(exp, inputs, knobs, n, args.pairs)
+            ratio = float(np.median(hooked_ms / plain_ms))
             gap_ttft, gap_step = against_logits_timer(vlm, inputs, knobs, n, args.pairs)
             mape = None if args.no_estimator else estimator_mape(model_dir, family, args.threads)
             mape_s = "-" if mape is None else f"{mape:.1f}"

@@ -17,6 +17,37 @@ from grpo_ctrl.latency.clock import now
 from grpo_ctrl.vlm import load_vlm
 
 
+def paired_times(exp: LatencyExperiment, inputs: dict, knobs, n: int, pairs: int,
+                 warmup: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(plain ms, hooked ms) of `pairs` interleaved plain / hooked generate() calls of one batch-1 request with
+    `n` forced new tokens, after `warmup` untimed pairs; which of the two runs first alternates so drift cancels."""
+    vlm = exp.vlm
+    device = vlm.model.device
+
+    def plain() -> float:
+        start = now(device)
+        vlm.generate(inputs, knobs, max_new_tokens=n, min_new_tokens=n)
+        return (now(device) - start) * 1000
+
+    def hooked() -> float:
+        start = now(device)
+        exp.measure_inference_latency(inputs, knobs, max_new_tokens=n, min_new_tokens=n)
+        return (now(device) - start) * 1000
+
+    for _ in range(warmup):
+        plain()
+        hooked()
+    p_ms, h_ms = [], []
+    for i in range(pairs):
+        if i % 2:
+            h_ms.append(hooked())
+            p_ms.append(plain())
+        else:
+            p_ms.append(plain())
+            h_ms.append(hooked())
+    return np.array(p_ms), np.array(h_ms)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model dir (default: the embedded VLM)")
@@ -38,29 +69,7 @@ def main() -> None:
     sample = GridVQA().split("test", 1)[0]
     inputs = {k: v.to(device) for k, v in exp.inputs_for(sample, knobs).items()}
     n = args.new_tokens
-
-    def plain() -> float:
-        start = now(device)
-        vlm.generate(inputs, knobs, max_new_tokens=n, min_new_tokens=n)
-        return (now(device) - start) * 1000
-
-    def hooked() -> float:
-        start = now(device)
-        exp.measure_inference_latency(inputs, knobs, max_new_tokens=n, min_new_tokens=n)
-        return (now(device) - start) * 1000
-
-    for _ in range(args.warmup):
-        plain()
-        hooked()
-    p_ms, h_ms = [], []
-    for i in range(args.pairs):  # alternate which runs first so drift cancels
-        if i % 2:
-            h_ms.append(hooked())
-            p_ms.append(plain())
-        else:
-            p_ms.append(plain())
-            h_ms.append(hooked())
-    p_ms, h_ms = np.array(p_ms), np.array(h_ms)
+    p_ms, h_ms = paired_times(exp, inputs, knobs, n, args.pairs, args.warmup)
     ratios = h_ms / p_ms
     t = exp.measure_inference_latency(inputs, knobs, max_new_tokens=n, min_new_tokens=n)
     print(f"{knobs}, {n} new tokens, {args.pairs} interleaved pairs on {device} ({args.threads} threads)")

@@ -18,8 +18,8 @@ from grpo_ctrl.build import build_data, build_vlm, inspect_model
 from grpo_ctrl.config import ConfigError, validate
 from grpo_ctrl.controller import build_controller
 from grpo_ctrl.knobs import KnobError
-from grpo_ctrl.latency import EstimatorError, LatencyEstimator, estimator_path, make_latency_provider
-from grpo_ctrl.latency.providers import check_estimator_model
+from grpo_ctrl.latency import EstimatorError, make_latency_provider
+from grpo_ctrl.latency.providers import load_estimator
 from grpo_ctrl.parallel import (
     DistributedContext,
     ParallelContext,
@@ -66,8 +66,7 @@ def preflight(cfg: DictConfig) -> ModelDir:
     try:
         spec = inspect_model(cfg.model)
         if "estimator" in (cfg.latency.train, cfg.latency.val):
-            path = estimator_path(cfg.latency, spec.path)
-            check_estimator_model(LatencyEstimator.load(path), path, model_signature(spec.config))
+            load_estimator(cfg.latency, spec.path, model_signature(spec.config))
     except (ModelDirError, KnobError, EstimatorError) as err:
         print(f"model error: {err}", file=sys.stderr)
         sys.exit(2)

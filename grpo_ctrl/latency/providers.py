@@ -56,6 +56,15 @@ def check_estimator_model(estimator: LatencyEstimator, path: Path, signature: di
                              f"with `{REFIT_COMMAND} model.path=DIR`")
 
 
+def load_estimator(latency_cfg: Any, model_dir: str | Path | None, signature: dict | None) -> LatencyEstimator:
+    """The estimator `estimator_path` names, refused if it was fitted on another model than `signature`'s."""
+    path = estimator_path(latency_cfg, model_dir)
+    estimator = LatencyEstimator.load(path)
+    if signature is not None:
+        check_estimator_model(estimator, path, signature)
+    return estimator
+
+
 def make_latency_provider(kind: str, vlm=None, latency_cfg: Any = None, experiment=None) -> LatencyProvider:
     """Provider for `kind` in estimator | measured | hooked.
 
@@ -65,11 +74,8 @@ def make_latency_provider(kind: str, vlm=None, latency_cfg: Any = None, experime
     - hooked: `HookedLatency(experiment or LatencyExperiment(vlm=vlm), ...)` with the same keys.
     """
     if kind == "estimator":
-        path = estimator_path(latency_cfg, getattr(vlm, "source", None))
-        estimator = LatencyEstimator.load(path)
-        if vlm is not None:
-            check_estimator_model(estimator, path, vlm.signature)
-        return EstimatorLatency(estimator)
+        return EstimatorLatency(load_estimator(latency_cfg, getattr(vlm, "source", None),
+                                               getattr(vlm, "signature", None)))
     warmup, repeats = int(_get(latency_cfg, "warmup", 1)), int(_get(latency_cfg, "repeats", 3))
     threads, statistic = _get(latency_cfg, "threads"), _get(latency_cfg, "statistic", "median")
     if kind == "measured":

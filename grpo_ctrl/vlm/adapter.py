@@ -89,7 +89,7 @@ class VLMAdapter:
         self.signature = model_signature(model.config)
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # generated tokens follow every prompt directly
-        self.language_model = self._language_model()
+        self.language_model = model.model.language_model
         self.blocks = list(self.language_model.layers)
         self._layer_types = list(getattr(self.language_model.config, "layer_types", None) or [])
         self.routers = find_routers(self.blocks)
@@ -98,9 +98,6 @@ class VLMAdapter:
         self.set_knob_space(knob_space)
 
     # ---------------------------------------------------------------- family hooks (override)
-    def _language_model(self) -> nn.Module:
-        return self.model.model.language_model
-
     def _install(self) -> None:
         """Attach whatever the family's tier needs (hooks); called once."""
 
@@ -177,13 +174,6 @@ class VLMAdapter:
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(path)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, knob_space: KnobSpace | None = None, **kwargs):
-        """Load any supported model directory (default: the embedded VLM); see `grpo_ctrl.vlm.loading.load_vlm`."""
-        from grpo_ctrl.vlm.loading import load_vlm
-
-        return load_vlm(path, knob_space=knob_space, **kwargs)
 
     def __reduce__(self):
         """Pickle as config + weights + processor (the model's own hooks are local functions, which pickle cannot

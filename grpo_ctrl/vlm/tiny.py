@@ -5,10 +5,11 @@ brings (no hub, no grpo_ctrl files). For tests and benchmarks.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     CLIPVisionConfig,
     LlavaConfig,
@@ -19,12 +20,16 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen3Config,
     Qwen3MoeConfig,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
     SiglipVisionConfig,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from grpo_ctrl.data import vocabulary
+from grpo_ctrl.vlm.qwen3_vl import Qwen3VLImageProcessor
 
 IMAGE_PX, PATCH = 128, 16  # an 8 x 8 patch grid; the grid-VQA images (64 px) are resized by the processor
 CHAT_TEMPLATE = ("{{ bos_token }}USER: {% for m in messages %}{% for c in m['content'] %}"
@@ -102,14 +107,6 @@ QWEN_TEMPLATE = (
 def write_qwen3_vl_moe_dir(path: Path, seed: int = 0) -> Path:
     """A stock `Qwen3VLMoeForConditionalGeneration` directory (DeepStack on 2 levels) with a byte-level BPE
     tokenizer and a processor config naming the stock `Qwen3VLProcessor`, as real checkpoints do."""
-    import json
-
-    from tokenizers import AddedToken, decoders
-    from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from grpo_ctrl.vlm.qwen3_vl import Qwen3VLImageProcessor
-
     vocab = dict(QWEN_IDS)
     for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet())):
         vocab[ch] = len(QWEN_IDS) + i
