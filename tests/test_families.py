@@ -114,6 +114,16 @@ def test_back_at_full_the_logits_equal_a_fresh_load(load, model_dir, samples):
     assert changed.shape == fresh.first_token_logits(inputs).shape
 
 
+def test_device_map_load_takes_knobs_and_gives_a_plain_loads_logits(load, model_dir, samples):
+    mapped, plain = load(model_dir, device_map="auto"), load(model_dir)  # accelerate places it (here: all on CPU)
+    space = mapped.knob_space
+    with torch.no_grad():
+        for knobs in (space.cheapest, space.full):
+            inputs = mapped.inputs([s.image for s in samples], [s.question for s in samples], knobs.tier)
+            with mapped.apply(knobs), plain.apply(knobs):
+                assert torch.equal(mapped.first_token_logits(inputs), plain.first_token_logits(inputs))
+
+
 def test_pre_encoded_vision_gives_the_same_answers(load, model_dir, samples):
     vlm = load(model_dir)
     for tier in vlm.knob_space.tier_names:

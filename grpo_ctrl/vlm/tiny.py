@@ -32,6 +32,7 @@ from grpo_ctrl.data import vocabulary
 from grpo_ctrl.vlm.qwen3_vl import Qwen3VLImageProcessor
 
 IMAGE_PX, PATCH = 128, 16  # an 8 x 8 patch grid; the grid-VQA images (64 px) are resized by the processor
+WIDTH, HEAD_DIM = 64, 32  # text hidden size (a multiple of HEAD_DIM; benchmarks scale it up), attention head size
 CHAT_TEMPLATE = ("{{ bos_token }}USER: {% for m in messages %}{% for c in m['content'] %}"
                  "{% if c['type'] == 'image' %}<image>{% else %} {{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
                  " ASSISTANT:")
@@ -52,22 +53,23 @@ def user_tokenizer() -> PreTrainedTokenizerFast:
                                    eos_token="<eos>", extra_special_tokens={"image_token": "<image>"})
 
 
-def _text_config(kind: str, vocab: int, pad: int, bos: int, eos: int):
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
-                  num_key_value_heads=1, max_position_embeddings=512, pad_token_id=pad, bos_token_id=bos,
-                  eos_token_id=eos)
+def _text_config(kind: str, vocab: int, pad: int, bos: int, eos: int, width: int):
+    common = dict(vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=4,
+                  num_attention_heads=width // HEAD_DIM, num_key_value_heads=1, max_position_embeddings=512,
+                  pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
     if kind == "qwen3_moe":
-        return Qwen3MoeConfig(**common, head_dim=32, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)
+        return Qwen3MoeConfig(**common, head_dim=HEAD_DIM, moe_intermediate_size=width // 2, num_experts=4,
+                              num_experts_per_tok=2)
     if kind == "olmoe":
         return OlmoeConfig(**common, num_experts=4, num_experts_per_tok=2)
     if kind == "mixtral":
         return MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2)
     if kind == "qwen3":
-        return Qwen3Config(**common, head_dim=32)
+        return Qwen3Config(**common, head_dim=HEAD_DIM)
     raise ValueError(kind)
 
 
-def write_llava_dir(path: Path, text: str = "qwen3_moe", seed: int = 0) -> Path:
+def write_llava_dir(path: Path, text: str = "qwen3_moe", seed: int = 0, width: int = WIDTH) -> Path:
     """A stock `LlavaForConditionalGeneration` directory with its own `LlavaProcessor`."""
     tower = LLAVA_BACKBONES[text]
     tok = user_tokenizer()
@@ -82,7 +84,7 @@ def write_llava_dir(path: Path, text: str = "qwen3_moe", seed: int = 0) -> Path:
         vision, images, strategy, extra = SiglipVisionConfig(**vision_kw), SiglipImageProcessorPil(
             size={"height": IMAGE_PX, "width": IMAGE_PX}), "full", 0
     config = LlavaConfig(vision_config=vision, text_config=_text_config(text, len(tok), ids["pad"], ids["bos"],
-                                                                        ids["eos"]),
+                                                                        ids["eos"], width),
                          image_token_index=ids["image"], vision_feature_select_strategy=strategy,
                          vision_feature_layer=-1, image_seq_length=(IMAGE_PX // PATCH) ** 2)
     torch.manual_seed(seed)
@@ -104,7 +106,7 @@ QWEN_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def write_qwen3_vl_moe_dir(path: Path, seed: int = 0) -> Path:
+def write_qwen3_vl_moe_dir(path: Path, seed: int = 0, width: int = WIDTH) -> Path:
     """A stock `Qwen3VLMoeForConditionalGeneration` directory (DeepStack on 2 levels) with a byte-level BPE
     tokenizer and a processor config naming the stock `Qwen3VLProcessor`, as real checkpoints do."""
     vocab = dict(QWEN_IDS)
@@ -117,10 +119,11 @@ def write_qwen3_vl_moe_dir(path: Path, seed: int = 0) -> Path:
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     config = Qwen3VLMoeConfig(
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
-                           temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=64,
+                           temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=width,
                            num_position_embeddings=256, deepstack_visual_indexes=[0, 1]),
-        text_config=dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, moe_intermediate_size=32,
+        text_config=dict(vocab_size=320, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=4,
+                         num_attention_heads=width // HEAD_DIM, num_key_value_heads=1, head_dim=HEAD_DIM,
+                         moe_intermediate_size=width // 2,
                          num_experts=4, num_experts_per_tok=2, max_position_embeddings=4096,
                          rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[6, 5, 5],
                                               mrope_interleaved=True),
@@ -146,8 +149,10 @@ FAMILIES = (*(f"llava-{text}" for text in LLAVA_BACKBONES), "qwen3_vl_moe")
 TINY_KNOBS = {"qwen3_vl_moe": {"tiers": {"low": 64 * 64, "medium": 128 * 128, "high": 256 * 256}}}
 
 
-def write_family_dir(family: str, path: Path) -> Path:
-    """`family` in FAMILIES: "llava-<text model type>" or "qwen3_vl_moe"."""
+def write_family_dir(family: str, path: Path, width: int = WIDTH) -> Path:
+    """`family` in FAMILIES: "llava-<text model type>" or "qwen3_vl_moe"; `width`: the text model's hidden size."""
+    if width % HEAD_DIM:
+        raise ValueError(f"width={width} must be a multiple of {HEAD_DIM} (the attention head size)")
     if family == "qwen3_vl_moe":
-        return write_qwen3_vl_moe_dir(path)
-    return write_llava_dir(path, family.split("-", 1)[1])
+        return write_qwen3_vl_moe_dir(path, width=width)
+    return write_llava_dir(path, family.split("-", 1)[1], width=width)
