@@ -13,8 +13,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from grpo_ctrl.build import build_vlm
-from grpo_ctrl.data import GridVQA
+from grpo_ctrl.build import build_data, build_vlm
+from grpo_ctrl.config import register_configs
 from grpo_ctrl.vlm import VLMAdapter
 from grpo_ctrl.vlm.adapter import IMPORTANCE_FILE
 from grpo_ctrl.vlm.evaluation import first_token_correct
@@ -34,12 +34,15 @@ def block_importance(vlm: VLMAdapter, samples) -> dict:
             "split": "val", "knobs": f"{full.tier}/k{full.top_k}, all other blocks"}
 
 
-@hydra.main(version_base="1.3", config_path="../conf/experiments", config_name="block_importance")
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/block_importance")
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     vlm = build_vlm(cfg.model)
     model_dir = vlm.source
-    report = block_importance(vlm, GridVQA(seed=cfg.data_seed).split("val", cfg.samples))
+    report = block_importance(vlm, build_data(cfg.data).split("val", cfg.samples)[:])
     for block, drop in report["accuracy_drop"].items():
         print(f"block {block}: accuracy drop {drop:+.3f}")
     print(f"drop order (least important first): {report['drop_order']}")

@@ -16,8 +16,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from grpo_ctrl.build import build_vlm
-from grpo_ctrl.data import GridVQA
+from grpo_ctrl.build import build_data, build_vlm
+from grpo_ctrl.config import register_configs
 from grpo_ctrl.latency.measured import median_generate_ms
 from grpo_ctrl.vlm.evaluation import by_type, oracle_cheapest, score_setting
 
@@ -36,18 +36,21 @@ def monotone_violations(space, acc: dict, tolerance: float) -> list[str]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf/experiments", config_name="evaluate_knobs")
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate_knobs")
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     vlm = build_vlm(cfg.model)
     space = vlm.knob_space
-    samples = GridVQA(seed=cfg.data_seed).split("test", cfg.samples)
+    samples = build_data(cfg.data).split("test", cfg.samples)[:]  # scored by every setting: built once
     timed = samples[: cfg.latency_requests]
     scores, latency, table = {}, {}, {}
     types = sorted({s.qtype for s in samples})
     print(f"{'setting':<14}{'ms':>7}{'all':>7}" + "".join(f"{t:>10}" for t in types))
     for knobs in space.all():
-        scores[knobs] = score_setting(vlm, samples, knobs)
+        scores[knobs] = score_setting(vlm, samples, knobs, cfg.data.metric, cfg.model.max_new_tokens)
         latency[knobs] = median_generate_ms(vlm, timed, knobs, warmup=1, repeats=cfg.latency_repeats)
         table[knobs] = by_type(samples, scores[knobs])
         print(f"{str(knobs):<14}{latency[knobs]:>7.2f}{table[knobs]['all']:>7.3f}"

@@ -1,14 +1,18 @@
-"""Elastic pretraining of the embedded MoE VLM on grid-VQA.
+"""Elastic pretraining of a small MoE VLM (the embedded one, or one for your own data) on any data source.
 
 Every step trains under a random knob setting (tier, router top-k, random subset of blocks that keeps
-block 0), so every setting of the knob space is a working model. Resumable: rerun with the same
-`hydra.run.dir` and it continues from `state.pt`.
+block 0), so every setting of the knob space is a working model. The tokenizer's words come from the task
+(grid-VQA's fixed list) or from the training split (any other source); answers may have several tokens
+(teacher-forced, then EOS). On grid-VQA each vision token also learns the colours and position under it (an
+auxiliary head, not shipped). Resumable: rerun with the same `hydra.run.dir` and it continues from `state.pt`.
 
     python experiments/pretrain_tiny_vlm.py export_dir=grpo_ctrl/assets/embedded_vlm
+    python experiments/pretrain_tiny_vlm.py data=hf_vqa data.path=DIR export_dir=models/mine
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -22,17 +26,28 @@ import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from grpo_ctrl.data import GridVQA, vocabulary
+from grpo_ctrl.build import build_data
+from grpo_ctrl.config import register_configs
+from grpo_ctrl.data import GridVQA, VQASource, vocabulary
 from grpo_ctrl.knobs import KnobSpace
 from grpo_ctrl.vlm.builder import EmbeddedVLMSize, embedded_vlm
 from grpo_ctrl.vlm.llava import LlavaAdapter
-from grpo_ctrl.vlm.tokenizer import build_tokenizer
+from grpo_ctrl.vlm.tokenizer import build_tokenizer, words_of
+
+register_configs()
 
 
-def build(cfg: DictConfig) -> LlavaAdapter:
+def task_words(data: VQASource, train, max_words: int) -> list[str]:
+    """Grid-VQA's fixed word list (the shipped model's ids); else the training split's most frequent words."""
+    if isinstance(data, GridVQA):
+        return vocabulary()
+    return words_of([text for s in train for text in (s.question, *s.answers)], max_words)
+
+
+def build(cfg: DictConfig, words: list[str]) -> LlavaAdapter:
     torch.manual_seed(cfg.seed)
     space = KnobSpace(**OmegaConf.to_container(cfg.knobs))
-    return embedded_vlm(build_tokenizer(vocabulary()), EmbeddedVLMSize(**cfg.size), space)
+    return embedded_vlm(build_tokenizer(words), EmbeddedVLMSize(**cfg.size), space)
 
 
 def packed_batch(vlm: LlavaAdapter, groups: list[list], pool: int):
@@ -40,23 +55,27 @@ def packed_batch(vlm: LlavaAdapter, groups: list[list], pool: int):
 
     A custom 4D mask lets each question see only the image prefix and itself, and its positions restart
     right after the image, so every question is computed exactly as it would be alone at inference.
-    Returns the model inputs, the (row, position) of each prediction and its target id.
+    Returns the model inputs, the (row, position) of each prediction, its target id, and which question each
+    answer-token prediction belongs to (-1 for the EOS predictions).
     """
     tok = vlm.tokenizer
     prefix = [tok.bos_token_id] + [vlm.image_token_id] * vlm.num_image_tokens(pool)
-    rows, segs, poss, pred_at, targets = [], [], [], [], []
+    rows, segs, poss, pred_at, targets, owner = [], [], [], [], [], []
+    question = 0
     for b, group in enumerate(groups):
         ids, seg, pos = list(prefix), [0] * len(prefix), list(range(len(prefix)))
         for j, sample in enumerate(group, start=1):
             q = tok.encode(sample.question, add_special_tokens=False)
-            answer = tok.convert_tokens_to_ids(sample.answer)
+            answer = tok.encode(sample.answer, add_special_tokens=False) or [tok.unk_token_id]
             start = len(ids)
-            ids += q + [answer, tok.eos_token_id]
-            seg += [j] * (len(q) + 2)
-            pos += list(range(len(prefix), len(prefix) + len(q) + 2))
-            last_q = start + len(q) - 1
-            pred_at += [(b, last_q), (b, last_q + 1)]
-            targets += [answer, tok.eos_token_id]
+            ids += q + answer + [tok.eos_token_id]
+            seg += [j] * (len(q) + len(answer) + 1)
+            pos += list(range(len(prefix), len(prefix) + len(q) + len(answer) + 1))
+            first = start + len(q) - 1  # the last question token predicts the first answer token
+            pred_at += [(b, first + t) for t in range(len(answer) + 1)]
+            targets += answer + [tok.eos_token_id]
+            owner += [question] * len(answer) + [-1]
+            question += 1
         rows.append(ids)
         segs.append(seg)
         poss.append(pos)
@@ -75,8 +94,7 @@ def packed_batch(vlm: LlavaAdapter, groups: list[list], pool: int):
     images = [group[0].image for group in groups]
     inputs = {"input_ids": ids, "attention_mask": mask[:, None], "position_ids": pos,
               "pixel_values": vlm.processor.image_processor(images, return_tensors="pt")["pixel_values"]}
-    where = torch.tensor(pred_at)
-    return inputs, where, torch.tensor(targets)
+    return inputs, torch.tensor(pred_at), torch.tensor(targets), torch.tensor(owner)
 
 
 def prediction_logits(vlm: LlavaAdapter, inputs, where: torch.Tensor) -> torch.Tensor:
@@ -86,10 +104,19 @@ def prediction_logits(vlm: LlavaAdapter, inputs, where: torch.Tensor) -> torch.T
 
 def region_colour_targets(groups: list[list], pool: int, n_colours: int) -> torch.Tensor:
     """Colour histogram of the cells under each (pooled) vision token: (B, tokens, colours)."""
-    cells = torch.from_numpy(np.stack([g[0].cells for g in groups]))
+    cells = torch.from_numpy(np.stack([g[0].meta["cells"] for g in groups]))
     onehot = F.one_hot(cells, n_colours).permute(0, 3, 1, 2).float()
     pooled = F.avg_pool2d(onehot, pool)
     return pooled.flatten(2).transpose(1, 2)
+
+
+def vision_aux_loss(aux_head, projected: torch.Tensor, groups: list[list], pool: int, n_colours: int,
+                    grid: int) -> torch.Tensor:
+    out = aux_head(projected)
+    colours = region_colour_targets(groups, pool, n_colours)
+    loss = F.cross_entropy(out[..., :n_colours].flatten(0, 1), colours.flatten(0, 1))
+    where = region_cells(grid, pool).expand(len(groups), -1, -1)
+    return loss + F.cross_entropy(out[..., n_colours:].flatten(0, 1), where.flatten(0, 1))
 
 
 def region_cells(grid: int, pool: int) -> torch.Tensor:
@@ -120,12 +147,12 @@ def evaluate(vlm: LlavaAdapter, samples, settings: dict) -> dict[str, dict[str, 
     report = {}
     for name, knobs in settings.items():
         with vlm.apply(knobs):
-            correct = []
+            correct = []  # every answer token right, teacher-forced (the first and only one on grid-VQA)
             for i in range(0, len(samples), 128):
                 groups = [[s] for s in samples[i:i + 128]]
-                inputs, where, targets = packed_batch(vlm, groups, vlm.knob_space.tiers[knobs.tier])
-                pred = prediction_logits(vlm, inputs, where)[0::2].argmax(-1)
-                correct += (pred == targets[0::2]).tolist()
+                inputs, where, targets, owner = packed_batch(vlm, groups, vlm.knob_space.tiers[knobs.tier])
+                right = prediction_logits(vlm, inputs, where).argmax(-1) == targets
+                correct += [bool(right[owner == q].all()) for q in range(len(groups))]
         types = sorted({s.qtype for s in samples})
         row = {t: float(np.mean([c for c, s in zip(correct, samples) if s.qtype == t])) for t in types}
         row["all"] = float(np.mean(correct))
@@ -134,21 +161,42 @@ def evaluate(vlm: LlavaAdapter, samples, settings: dict) -> dict[str, dict[str, 
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf/experiments", config_name="pretrain_tiny_vlm")
+def training_groups(data: VQASource, train, cfg: DictConfig, step: int) -> list[list]:
+    """One step's images, each with its questions: grid-VQA packs `questions_per_image` fresh questions on each
+    generated image; another source walks its training split in a seeded order per epoch, one question each."""
+    first = step * cfg.batch_size
+    if isinstance(data, GridVQA):
+        return [data.image_questions("train", i, cfg.questions_per_image) for i in range(first, first + cfg.batch_size)]
+    groups = []
+    for i in range(first, first + cfg.batch_size):
+        epoch, j = divmod(i, len(train))
+        groups.append([train[int(epoch_order(cfg.seed, epoch, len(train))[j])]])
+    return groups
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/pretrain_tiny_vlm")
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    vlm = build(cfg)
-    data = GridVQA(seed=cfg.data.seed, mix=dict(cfg.data.mix))
-    val = data.split("val", cfg.eval_samples)
-    n_colours = len(data.colour_names)
-    # Auxiliary vision-side head (not shipped): each vision token predicts the colours under it and where it is.
-    n_cells = vlm.patch_grid**2
-    aux_head = torch.nn.Linear(vlm.model.config.text_config.hidden_size, n_colours + n_cells)
+    data = build_data(cfg.data)
+    train = data.split("train", cfg.data.train_size)
+    val = data.split("val", cfg.eval_samples)[:]  # scored at every evaluation: built once
+    vlm = build(cfg, task_words(data, train, cfg.max_words))
+    # Auxiliary vision-side head on grid-VQA (not shipped): each vision token predicts the colours under it and
+    # where it is.
+    aux = isinstance(data, GridVQA) and cfg.aux_weight > 0
+    n_colours, n_cells = (len(data.colour_names), vlm.patch_grid**2) if aux else (0, 0)
+    aux_head = torch.nn.Linear(vlm.model.config.text_config.hidden_size, n_colours + n_cells) if aux else None
     projected = {}
     vlm.vision_token_hook(lambda out: projected.__setitem__("x", out))
-    params = [p for p in vlm.model.parameters() if p.requires_grad] + list(aux_head.parameters())
-    print(f"params: {sum(p.numel() for p in params) / 1e6:.2f} M; run dir {run_dir}", flush=True)
+    params = [p for p in vlm.model.parameters() if p.requires_grad] + (list(aux_head.parameters()) if aux else [])
+    print(f"params: {sum(p.numel() for p in params) / 1e6:.2f} M; vocabulary {len(vlm.tokenizer)}; "
+          f"{len(train)} training samples; run dir {run_dir}", flush=True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:
@@ -162,7 +210,8 @@ def main(cfg: DictConfig) -> None:
     if state_file.exists():
         state = torch.load(state_file, weights_only=False)
         vlm.model.load_state_dict(state["model"])
-        aux_head.load_state_dict(state["aux_head"])
+        if aux:
+            aux_head.load_state_dict(state["aux_head"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step = state["step"]
@@ -173,20 +222,15 @@ def main(cfg: DictConfig) -> None:
     t0 = time.time()
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, step])
-        first = step * cfg.batch_size
-        groups = [data.image_questions("train", i, cfg.questions_per_image)
-                  for i in range(first, first + cfg.batch_size)]
+        groups = training_groups(data, train, cfg, step)
         pool, top_k, keep = sample_setting(rng, vlm, cfg)
         vlm.set_pool(pool)
         vlm.set_top_k(top_k)
         vlm.keep_blocks(keep)
-        inputs, where, targets = packed_batch(vlm, groups, pool)
+        inputs, where, targets, _ = packed_batch(vlm, groups, pool)
         answer_loss = F.cross_entropy(prediction_logits(vlm, inputs, where), targets)
-        aux_out = aux_head(projected["x"])
-        colours = region_colour_targets(groups, pool, n_colours)
-        aux_loss = F.cross_entropy(aux_out[..., :n_colours].flatten(0, 1), colours.flatten(0, 1))
-        where = region_cells(vlm.patch_grid, pool).expand(len(groups), -1, -1)
-        aux_loss = aux_loss + F.cross_entropy(aux_out[..., n_colours:].flatten(0, 1), where.flatten(0, 1))
+        aux_loss = vision_aux_loss(aux_head, projected["x"], groups, pool, n_colours, vlm.patch_grid) if aux \
+            else torch.zeros(())
         loss = answer_loss + cfg.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -207,8 +251,7 @@ def main(cfg: DictConfig) -> None:
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             tmp = state_file.with_suffix(".tmp")
             torch.save({"model": vlm.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "aux_head": aux_head.state_dict(),
-                        "step": step}, tmp)
+                        "aux_head": aux_head.state_dict() if aux else None, "step": step}, tmp)
             os.replace(tmp, state_file)
     vlm.model.eval()
     recipe = {"recipe": {"script": "experiments/pretrain_tiny_vlm.py", **OmegaConf.to_container(cfg)}}

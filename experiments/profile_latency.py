@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from grpo_ctrl.config import register_configs
 from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.latency.estimator import (
     ESTIMATOR_FILE,
@@ -140,7 +141,10 @@ def fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "rows")
 
 
-@hydra.main(version_base="1.3", config_path="../conf/experiments", config_name="profile_latency")
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/profile_latency")
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     exp = LatencyExperiment(cfg)

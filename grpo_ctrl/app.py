@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from grpo_ctrl.build import build_data, build_vlm, inspect_model
 from grpo_ctrl.config import ConfigError, validate
 from grpo_ctrl.controller import build_controller
+from grpo_ctrl.data import DataError
 from grpo_ctrl.knobs import KnobError
 from grpo_ctrl.latency import EstimatorError, make_latency_provider
 from grpo_ctrl.latency.providers import load_estimator
@@ -31,7 +32,7 @@ from grpo_ctrl.parallel import (
 )
 from grpo_ctrl.report import build_report, static_settings, write_report
 from grpo_ctrl.reward import make_reward
-from grpo_ctrl.rollout import Prompt, RolloutEngine, default_workers
+from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
 from grpo_ctrl.tracking import NullTracker, Tracker
 from grpo_ctrl.trainer import JointGRPOTrainer
 from grpo_ctrl.vlm import ModelDir, ModelDirError
@@ -61,8 +62,14 @@ def exit_on_config_error(cfg: DictConfig, world_size: int = 1) -> None:
 
 
 def preflight(cfg: DictConfig) -> ModelDir:
-    """What the inputs alone show, before any weight loads: the model directory, its family and knob space, and
-    the latency estimator the config asks for (it must be this model's). One line and exit 2 on a problem."""
+    """What the inputs alone show, before any weight loads: the data source and its train / val splits, the model
+    directory, its family and knob space, and the latency estimator the config asks for (it must be this
+    model's). One line and exit 2 on a problem."""
+    try:
+        check_data(build_data(cfg.data), cfg.data)
+    except DataError as err:
+        print(f"data error: {err}", file=sys.stderr)
+        sys.exit(2)
     try:
         spec = inspect_model(cfg.model)
         if "estimator" in (cfg.latency.train, cfg.latency.val):
@@ -71,6 +78,12 @@ def preflight(cfg: DictConfig) -> ModelDir:
         print(f"model error: {err}", file=sys.stderr)
         sys.exit(2)
     return spec
+
+
+def check_data(data, data_cfg: DictConfig) -> None:
+    """Open the splits training reads (a split checks its columns and first row when opened)."""
+    for name in ("train", "val"):
+        data.split(name, data_cfg.get(f"{name}_size"))
 
 
 def run(cfg: DictConfig) -> None:
@@ -136,7 +149,9 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
     data = build_data(cfg.data)
     replicas = make_replicas(vlm, dp_devices(cfg.parallel.devices)) if cfg.parallel.name == "dp" else ()
     workers = cfg.rollout_workers or (1 if replicas else default_workers(cfg.model.device, local_ranks(ctx)))
-    engine = RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens, replicas=replicas, workers=workers)
+    scoring = Scoring(cfg.data.metric, gold_prob=cfg.reward.gold_prob_weight > 0)
+    engine = RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens, replicas=replicas, workers=workers,
+                           scoring=scoring)
     try:
         return _train_with(cfg, run_dir, ctx, vlm, data, engine)
     finally:
@@ -148,8 +163,8 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, vlm, data,
     controller = build_controller(cfg.controller, vlm.knob_space, question_dim=dim, vision_dim=dim)
     train_latency = make_latency_provider(cfg.latency.train, vlm, cfg.latency)
     val_latency = make_latency_provider(cfg.latency.val, vlm, cfg.latency)
-    train_pool = [Prompt(("train", i), data.sample("train", i)) for i in range(cfg.data.train_size)]
-    val_pool = [Prompt(("val", i), data.sample("val", i)) for i in range(cfg.data.val_size)]
+    train_pool = PromptPool(data.split("train", cfg.data.train_size), "train")
+    val_pool = PromptPool(data.split("val", cfg.data.val_size), "val")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     trainer = JointGRPOTrainer(cfg, engine, controller, train_latency, val_latency, make_reward(cfg.reward),
                                train_pool, val_pool, run_dir, ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from grpo_ctrl.data import GridVQA
+from grpo_ctrl.data import GridVQA, VQASource
 from grpo_ctrl.vlm import ModelDir, VLMAdapter, inspect_model_dir
 from grpo_ctrl.vlm.loading import load_inspected
 
@@ -25,7 +25,16 @@ def build_vlm(model_cfg: DictConfig, spec: ModelDir | None = None) -> VLMAdapter
     return vlm
 
 
-def build_data(data_cfg: DictConfig) -> GridVQA:
-    if data_cfg.name != "grid_vqa":
-        raise ValueError(f"data.name={data_cfg.name!r} is unknown; use grid_vqa")
-    return GridVQA(seed=data_cfg.seed, mix=dict(data_cfg.mix))
+def build_data(data_cfg: DictConfig) -> VQASource:
+    """The data source `data_cfg` names (opening a dataset reads no image)."""
+    if data_cfg.name == "grid_vqa":
+        return GridVQA(seed=data_cfg.seed, mix=dict(data_cfg.mix))
+    if data_cfg.name == "hf_vqa":
+        from grpo_ctrl.data.hf import HFVQA  # imports `datasets` only when used
+
+        return HFVQA.from_config(data_cfg)
+    raise ValueError(f"data.name={data_cfg.name!r} is unknown; use grid_vqa or hf_vqa")
+
+
+def split_size(data_cfg: DictConfig, name: str) -> int | None:
+    return data_cfg.get(f"{name}_size")

@@ -48,12 +48,32 @@ class ModelConfig:
 
 
 @dataclass
+class FieldsConfig:
+    """hf_vqa: which column holds what."""
+
+    image: str = "image"  # an image feature, image bytes, or a path (relative paths: under data.image_root)
+    question: str = "question"
+    answers: str = "answers"  # one string, a list of strings, or a list of dicts (VQAv2: [{"answer": ...}, ...])
+    answer_key: str = "answer"  # the key of the answer text when `answers` holds dicts
+    qtype: str | None = None  # optional question-type column (per-type reports)
+
+
+@dataclass
 class DataConfig:
-    name: str = "grid_vqa"
-    seed: int = 0
-    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
-    train_size: int = 2048  # distinct training prompts, cycled in a seeded order
-    val_size: int = 192  # validation prompts, each evaluated at every validation budget
+    name: str = "grid_vqa"  # grid_vqa (synthetic, shipped) | hf_vqa (a Hugging Face dataset on disk)
+    seed: int = 0  # grid_vqa: the generator; hf_vqa: which subset a size draws
+    metric: str = "exact_match"  # answer score behind reward and reports: vqa | exact_match | anls
+    train_size: int | None = 2048  # distinct training prompts (hf_vqa: null = the whole split)
+    val_size: int | None = 192  # validation prompts, each evaluated at every validation budget
+    test_size: int | None = 1024  # held-out prompts (evaluation only)
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))  # grid_vqa: question-type weights
+    # hf_vqa
+    path: str | None = None  # a `save_to_disk` dir, an imagefolder dir, or the base dir of `data_files`
+    format: str = "auto"  # auto | disk | parquet | json | csv | imagefolder
+    data_files: dict[str, Any] | None = None  # parquet / json / csv: dataset split name -> file or list of files
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "val": "validation", "test": "test"})
+    fields: FieldsConfig = field(default_factory=FieldsConfig)
+    image_root: str | None = None  # base of relative image paths (null: data.path)
 
 
 @dataclass
@@ -180,12 +200,29 @@ _CHOICES = {
     "budgets.unit": ("fraction", "ms"),
     "model.dtype": ("float32", "float16", "bfloat16"),
     "model.name": ("embedded", "hf"),
+    "data.name": ("grid_vqa", "hf_vqa"),
+    "data.metric": ("vqa", "exact_match", "anls"),
+    "data.format": ("auto", "disk", "parquet", "json", "csv", "imagefolder"),
 }
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def validate_data(data: DictConfig | Any) -> None:
+    for split in ("train", "val", "test"):
+        size = data[f"{split}_size"]
+        _require(size is None or size >= 1, f"data.{split}_size={size} must be >= 1 (or null: the whole split)")
+        _require(size is not None or data.name != "grid_vqa",
+                 f"data.{split}_size=null with data=grid_vqa: the generator is unbounded; give a size")
+    if data.name == "grid_vqa":
+        unknown = set(data.mix) - set(QUESTION_TYPES)
+        _require(not unknown, f"data.mix has unknown question types {sorted(unknown)}; use {list(QUESTION_TYPES)}")
+    else:
+        _require(bool(data.path), "data=hf_vqa needs data.path=DIR: a `save_to_disk` dir, an imagefolder, or the "
+                 "base dir of data.data_files")
 
 
 def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
@@ -199,9 +236,10 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
     _require(cfg.prompts_per_step % world_size == 0,
              f"prompts_per_step={cfg.prompts_per_step} is not divisible by the {world_size} ranks; groups never "
              f"split across ranks, so use a multiple of {world_size}")
-    for key in ("steps", "val_every", "ckpt_every", "threads", "model.max_new_tokens", "data.train_size",
-                "data.val_size", "grpo.num_iterations", "controller.hidden"):
+    for key in ("steps", "val_every", "ckpt_every", "threads", "model.max_new_tokens", "grpo.num_iterations",
+                "controller.hidden"):
         _require(OmegaConf.select(cfg, key) >= 1, f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+    validate_data(cfg.data)
     _require(cfg.lr > 0, f"lr={cfg.lr} must be > 0")
     _require(0 <= cfg.reward.gold_prob_weight <= 1,
              f"reward.gold_prob_weight={cfg.reward.gold_prob_weight} must be in [0, 1] (0: exact answer score only)")
@@ -218,8 +256,6 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
     _require(0 < b.train_min <= b.train_max, f"budgets.train_min={b.train_min}, budgets.train_max={b.train_max}: "
              "need 0 < train_min <= train_max")
     _require(len(b.val) >= 1 and all(v > 0 for v in b.val), f"budgets.val={list(b.val)}: list one or more budgets > 0")
-    unknown = set(cfg.data.mix) - set(QUESTION_TYPES)
-    _require(not unknown, f"data.mix has unknown question types {sorted(unknown)}; use {list(QUESTION_TYPES)}")
     _require(cfg.model.name != "hf" or bool(cfg.model.path),
              "model=hf needs model.path=DIR: a model directory as transformers saves it (config.json, weights, "
              "processor files)")

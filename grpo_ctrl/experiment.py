@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from grpo_ctrl.data.synthetic import VQASample
+from grpo_ctrl.data import VQASample
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency.hooked import PhaseTiming, hooked_generate
 

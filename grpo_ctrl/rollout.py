@@ -12,14 +12,14 @@ inputs and vision tokens per (prompt, tier), memoising outcomes across steps, an
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 import torch.multiprocessing as mp
 
-from grpo_ctrl.data import VQASample, vqa_score
+from grpo_ctrl.data import Split, VQASample, extract_answer, get_metric
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency.base import intra_op_threads
 from grpo_ctrl.vlm import VLMAdapter
@@ -31,27 +31,58 @@ class Prompt:
     sample: VQASample
 
 
+class PromptPool(Sequence):
+    """The prompts of one split, each built when indexed (key: (split name, index)): a pool holds no images."""
+
+    def __init__(self, split: Split, name: str):
+        self.split, self.name = split, name
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]
+        return Prompt((self.name, index), self.split[index])
+
+    def __iter__(self) -> Iterator[Prompt]:
+        return (self[i] for i in range(len(self)))
+
+
 @dataclass(frozen=True)
 class Outcome:
-    answer: str
-    score: float  # VQA score of the answer (exact match for one gold answer)
+    answer: str  # the extracted answer (`data.extract_answer` of the generated text)
+    score: float  # the data's metric of the answer against the gold answers
     image_tokens: int
     prompt_tokens: int  # input length: <s> + image tokens + question
     generated_tokens: int  # EOS included
     ended_with_eos: bool
-    gold_prob: float = float("nan")  # probability of the (best) gold answer's first token at the first step
+    gold_prob: float = float("nan")  # exp(mean token log-prob) of the most frequent gold answer (dense reward)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How an outcome is scored: the data's metric, and whether the dense gold-answer probability is computed
+    (a multi-token gold answer costs one teacher-forced forward, so it is skipped when the reward ignores it)."""
+
+    metric: str = "exact_match"
+    gold_prob: bool = True
 
 
 def compute_outcome(vlm: VLMAdapter, inputs: dict[str, torch.Tensor], vision: dict[str, torch.Tensor],
-                    answers: Sequence[str], knobs: Knobs, max_new_tokens: int) -> Outcome:
-    """One request at batch 1: its text inputs and vision encoding (`VLMAdapter.encode_vision`) at `knobs.tier`."""
+                    answers: Sequence[str], gold: str, knobs: Knobs, max_new_tokens: int,
+                    scoring: Scoring = Scoring()) -> Outcome:
+    """One request at batch 1: its text inputs and vision encoding (`VLMAdapter.encode_vision`) at `knobs.tier`;
+    `gold` is the most frequent of the gold `answers`."""
     device = vlm.model.device
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    gen = vlm.generate(inputs, knobs, max_new_tokens=max_new_tokens, vision=vision, return_first_logits=True)
-    gold_ids = torch.tensor([vlm.answer_first_token(a) for a in answers], device=device)
-    # Only the gold answers' probabilities leave the device (a row of logits is vocabulary-sized).
-    gold_prob = float(gen.first_logits[0].float().softmax(dim=-1)[gold_ids].max())
-    return Outcome(gen.answers[0], vqa_score(gen.answers[0], answers), vlm.image_tokens(inputs),
+    gen = vlm.generate(inputs, knobs, max_new_tokens=max_new_tokens, vision=vision,
+                       return_first_logits=scoring.gold_prob)
+    gold_prob = vlm.answer_probability(inputs, vision, gold, knobs, gen.first_logits) if scoring.gold_prob \
+        else float("nan")
+    answer = extract_answer(gen.answers[0])
+    return Outcome(answer, get_metric(scoring.metric)(answer, answers), vlm.image_tokens(inputs),
                    int(inputs["input_ids"].shape[1]), gen.num_generated[0], gen.ended_with_eos[0], gold_prob)
 
 
@@ -75,13 +106,13 @@ def _from_numpy(arrays: dict) -> dict[str, torch.Tensor]:
 
 
 def _worker_outcome(task: tuple) -> Outcome:
-    inputs, vision, answers, knobs, max_new_tokens = task
-    return compute_outcome(_worker_vlm, _from_numpy(inputs), _from_numpy(vision), answers, knobs, max_new_tokens)
+    inputs, vision, *rest = task
+    return compute_outcome(_worker_vlm, _from_numpy(inputs), _from_numpy(vision), *rest)
 
 
 class RolloutEngine:
     def __init__(self, vlm: VLMAdapter, max_new_tokens: int = 2, memoize: bool = True,
-                 replicas: Sequence[VLMAdapter] = (), workers: int = 1):
+                 replicas: Sequence[VLMAdapter] = (), workers: int = 1, scoring: Scoring = Scoring()):
         """`replicas` (parallel=dp): copies of `vlm` on other devices, each answering its share in a thread.
         `workers` > 1: that many CPU processes answer (the model's weights are shared with them, not copied)."""
         if workers > 1 and len(replicas) > 1:
@@ -89,6 +120,7 @@ class RolloutEngine:
         self.vlm = vlm
         self.replicas = list(replicas) or [vlm]
         self.max_new_tokens = max_new_tokens
+        self.scoring = scoring
         self.memoize = memoize
         self.workers = workers
         self._pool = None
@@ -117,7 +149,8 @@ class RolloutEngine:
         if key not in self._encoded:
             vlm = self.vlm
             with intra_op_threads(1):
-                inputs = vlm.inputs([prompt.sample.image], [prompt.sample.question], tier)
+                sample = prompt.sample
+                inputs = vlm.inputs([sample.image], [sample.question], tier)
                 vision = vlm.encode_vision({k: v.to(vlm.model.device) for k, v in inputs.items()}, tier)
             self._encoded[key] = (vlm.text_inputs(inputs), {k: v.cpu() for k, v in vision.items()})
         return self._encoded[key]
@@ -130,7 +163,8 @@ class RolloutEngine:
     def run(self, prompts: Sequence[Prompt], knobs: Sequence[Knobs]) -> list[Outcome]:
         """Outcome of each (prompt, knobs) pair, in order."""
         todo = list({(p.key, k): (p, k) for p, k in zip(prompts, knobs) if (p.key, k) not in self._outcomes}.values())
-        tasks = [(*self.encoded(p, k.tier), tuple(p.sample.answers), k, self.max_new_tokens) for p, k in todo]
+        tasks = [(*self.encoded(p, k.tier), p.sample.answers, p.sample.answer, k, self.max_new_tokens, self.scoring)
+                 for p, k in todo]
         for (p, k), outcome in zip(todo, self._answer(tasks)):
             self._outcomes[(p.key, k)] = outcome
         out = [self._outcomes[(p.key, k)] for p, k in zip(prompts, knobs)]
@@ -145,7 +179,7 @@ class RolloutEngine:
             if self._pool is None:  # spawn: forking a process that has run OpenMP threads can hang the child
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                                  initializer=_start_worker, initargs=(self.vlm,))
-            tasks = [(_to_numpy(i), _to_numpy(v), a, k, n) for i, v, a, k, n in tasks]
+            tasks = [(_to_numpy(i), _to_numpy(v), *rest) for i, v, *rest in tasks]
             # A worker that dies raises BrokenProcessPool here (multiprocessing.Pool would wait forever).
             return list(self._pool.map(_worker_outcome, tasks, chunksize=max(1, len(tasks) // (4 * self.workers))))
         with intra_op_threads(1):

@@ -43,7 +43,7 @@ class JointGRPOTrainer:
         self.ref = copy.deepcopy(controller).requires_grad_(False) if cfg.grpo.beta > 0 else None
         self.train_latency, self.val_latency = train_latency, val_latency
         self.reward = reward
-        self.train_pool, self.val_pool = list(train_pool), list(val_pool)
+        self.train_pool, self.val_pool = train_pool, val_pool  # lazy: a prompt is built when indexed
         self.run_dir = Path(run_dir)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self.tracker = tracker

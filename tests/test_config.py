@@ -13,7 +13,7 @@ register_configs()
 
 GROUP_OPTIONS = {
     "model": ["embedded", "hf"],
-    "data": ["grid_vqa"],
+    "data": ["grid_vqa", "hf_vqa"],
     "controller": ["default"],
     "reward": ["default", "seed"],
     "latency": ["estimator", "measured", "hooked"],
@@ -34,7 +34,7 @@ def test_every_group_option_has_a_yaml_file():
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
 def test_every_group_option_composes_and_validates(group, option):
-    extra = ["model.path=/models/x"] if option == "hf" else []
+    extra = {"hf": ["model.path=/models/x"], "hf_vqa": ["data.path=/data/x"]}.get(option, [])
     cfg = _compose([f"{group}={option}", *extra])
     validate(cfg)
     if group == "latency":
@@ -57,6 +57,10 @@ def test_every_group_option_composes_and_validates(group, option):
     ("reward.gold_prob_weight=1.5", "reward.gold_prob_weight=1.5"),
     ("logger.mode=cloud", "logger.mode='cloud'"),
     ("rollout_workers=0", "rollout_workers=0"),
+    ("data.metric=bleu", "data.metric='bleu'"),
+    ("data.val_size=0", "data.val_size=0"),
+    ("data.train_size=null", "data.train_size=null with data=grid_vqa"),
+    ("data=hf_vqa", "data=hf_vqa needs data.path=DIR"),
 ])
 def test_bad_values_are_rejected_with_one_line(override, message):
     cfg = _compose([override])

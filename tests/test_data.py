@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from grpo_ctrl.data import QUESTION_TYPES, GridVQA, exact_match, normalize_answer, vocabulary, vqa_score
+from grpo_ctrl.data import QUESTION_TYPES, DataError, GridVQA, VQASample, vocabulary
+from grpo_ctrl.parallel import ParallelContext
+from grpo_ctrl.rollout import PromptPool
 from grpo_ctrl.vlm.tokenizer import build_tokenizer
 
 
@@ -47,11 +49,32 @@ def test_unknown_split_or_mix_is_rejected():
         GridVQA(mix={"colour": 1.0})
 
 
-def test_metrics_normalise_and_score():
-    assert normalize_answer("The Red.") == "red"
-    assert exact_match("two", "2") == 1.0 and exact_match("blue", "red") == 0.0
-    assert vqa_score("red", ["red", "red", "blue", "red"]) == 1.0
-    assert vqa_score("blue", ["red", "red", "blue", "red"]) == pytest.approx(1 / 3)
+def test_a_grid_split_is_sized_and_built_when_indexed():
+    gen = GridVQA()
+    split = gen.split("val", 5)
+    assert len(split) == 5 and split[2] == gen.sample("val", 2) and split[-1] == gen.sample("val", 4)
+    assert np.array_equal(split[2].image, gen.sample("val", 2).image)
+    assert [s.question for s in split[1:3]] == [gen.sample("val", i).question for i in (1, 2)]
+    assert [s.question for s in split] == [gen.sample("val", i).question for i in range(5)]
+    with pytest.raises(IndexError):
+        split[5]
+    with pytest.raises(DataError, match="data.val_size"):
+        gen.split("val")
+
+
+def test_the_most_frequent_gold_answer_is_the_answer():
+    sample = VQASample(None, "q", ("two", "2", "2", "two", "2"))
+    assert sample.answer == "2"
+    assert VQASample(None, "q", ("a", "b")).answer == "a"  # ties: the first
+    with pytest.raises(DataError, match="no gold answer"):
+        VQASample(None, "q", ())
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_rank_shards_cover_each_prompt_once(world):
+    pool = PromptPool(GridVQA().split("val", 10), "val")
+    keys = [p.key for r in range(world) for p in ParallelContext(rank=r, world_size=world).shard(pool)]
+    assert sorted(keys) == [("val", i) for i in range(10)]
 
 
 def test_tokenizer_round_trip(tmp_path):

@@ -6,6 +6,7 @@ one line before weights load."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from grpo_ctrl.data import GridVQA
 from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.knobs import KnobError, Knobs
 from grpo_ctrl.vlm import ModelDirError, load_vlm
+from grpo_ctrl.vlm.adapter import continued
 from grpo_ctrl.vlm.tiny import FAMILIES, write_family_dir
 from grpo_ctrl.vlm.tiny import TINY_KNOBS as KNOBS
 
@@ -133,6 +135,23 @@ def test_pre_encoded_vision_gives_the_same_answers(load, model_dir, samples):
         b = vlm.generate(vlm.text_inputs(inputs), knobs, max_new_tokens=3, min_new_tokens=3,
                          vision=vlm.encode_vision(inputs, tier))
         assert torch.equal(a.new_tokens, b.new_tokens)
+
+
+def test_a_multi_token_gold_answer_is_scored_teacher_forced(load, model_dir, samples):
+    vlm = load(model_dir)
+    knobs, s = vlm.knob_space.full, samples[0]
+    inputs = vlm.inputs([s.image], [s.question], knobs.tier)
+    answer = "red blue"
+    ids = vlm.tokenizer.encode(answer, add_special_tokens=False)
+    assert len(ids) >= 2
+    with torch.no_grad(), vlm.apply(knobs):  # one forward per prefix: p(token t | prompt + tokens before t)
+        steps = [float(vlm.first_token_logits(continued(inputs, ids[:t])).float().log_softmax(-1)[0, ids[t]])
+                 for t in range(len(ids))]
+    expected = math.exp(sum(steps) / len(steps))
+    assert vlm.answer_probability(inputs, None, answer, knobs) == pytest.approx(expected, rel=1e-4)
+    pre_encoded = vlm.encode_vision(inputs, knobs.tier)
+    assert vlm.answer_probability(vlm.text_inputs(inputs), pre_encoded, answer, knobs) == pytest.approx(expected,
+                                                                                                        rel=1e-4)
 
 
 def test_one_hooked_measurement(load, model_dir, samples):

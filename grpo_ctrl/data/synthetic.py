@@ -13,9 +13,9 @@ have another colour. Question types, by which knob they stress:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
+
+from grpo_ctrl.data.source import DataError, Split, VQASample, check_split_name
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -34,20 +34,6 @@ GRID = 8
 CELL_PX = 8
 IMAGE_PX = GRID * CELL_PX
 HALF = GRID // 2
-
-
-@dataclass(frozen=True)
-class VQASample:
-    image: np.ndarray  # (H, W, 3) uint8
-    question: str
-    answer: str
-    qtype: str
-    answers: tuple[str, ...] = field(default=())  # all accepted answers (VQA-score style); defaults to (answer,)
-    cells: np.ndarray | None = field(default=None, compare=False, repr=False)  # colour index per grid cell
-
-    def __post_init__(self) -> None:
-        if not self.answers:
-            object.__setattr__(self, "answers", (self.answer,))
 
 
 def vocabulary() -> list[str]:
@@ -70,8 +56,20 @@ def _quadrant_cells(q: int) -> tuple[slice, slice]:
     return slice(r * HALF, (r + 1) * HALF), slice(c * HALF, (c + 1) * HALF)
 
 
+class GridSplit(Split):
+    def __init__(self, source: GridVQA, name: str, size: int, start: int = 0):
+        self.source, self.name, self.size, self.start = source, name, size, start
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _get(self, index: int) -> VQASample:
+        return self.source.sample(self.name, self.start + index)
+
+
 class GridVQA:
-    """Deterministic generator: sample ``i`` of a split depends only on (seed, split, i)."""
+    """Deterministic generator (a `VQASource`): sample ``i`` of a split depends only on (seed, split, i). Each
+    sample's `meta["cells"]` holds the colour index of every grid cell. One gold answer, one word."""
 
     def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, odd_cells: tuple[int, int] = (2, 4),
                  noise: int = 16):
@@ -95,8 +93,7 @@ class GridVQA:
 
     def image_questions(self, split: str, index: int, n: int) -> list[VQASample]:
         """Image `index` of `split` with `n` questions about it; the first is `sample(split, index)`."""
-        if split not in SPLIT_SEEDS:
-            raise ValueError(f"split={split!r} is unknown; use one of {list(SPLIT_SEEDS)}")
+        check_split_name(split)
         rng = np.random.default_rng([self.seed, SPLIT_SEEDS[split], index])
         grid, dominant = self._grid(rng)
         image = self._render(rng, grid)
@@ -104,11 +101,16 @@ class GridVQA:
         for _ in range(n):
             qtype = self.types[rng.choice(len(self.types), p=self.probs)]
             question, answer = getattr(self, f"_ask_{qtype}")(rng, grid, dominant)
-            samples.append(VQASample(image, question, answer, qtype, cells=grid))
+            samples.append(VQASample(image, question, (answer,), qtype, {"cells": grid}))
         return samples
 
-    def split(self, split: str, n: int, start: int = 0) -> list[VQASample]:
-        return [self.sample(split, i) for i in range(start, start + n)]
+    def split(self, name: str, size: int | None = None, start: int = 0) -> GridSplit:
+        """Samples start .. start+size-1 of split `name`, built when indexed (the generator is unbounded)."""
+        check_split_name(name)
+        if size is None or size < 1:
+            raise DataError(f"grid_vqa split {name!r} needs a size >= 1 (got {size}): the generator is unbounded; "
+                            f"set data.{name}_size")
+        return GridSplit(self, name, size, start)
 
     def _grid(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         n_col = len(self.colour_names)

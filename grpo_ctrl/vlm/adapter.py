@@ -337,6 +337,24 @@ class VLMAdapter:
         """Logits (B, V) of the first answer token under the current knobs: one forward, no generate loop."""
         return self.model(**inputs, logits_to_keep=1).logits[:, -1]
 
+    @torch.no_grad()
+    def answer_probability(self, inputs: dict[str, torch.Tensor], vision: dict[str, torch.Tensor] | None,
+                           answer: str, knobs: Knobs, first_logits: torch.Tensor | None = None) -> float:
+        """exp(mean token log-prob) of `answer` right after the batch-1 prompt under `knobs` (teacher-forced): how
+        sure the model is of it, in [0, 1]. A one-token answer reads the generation's `first_logits` when given;
+        a longer one costs one forward over prompt + answer."""
+        ids = self.tokenizer.encode(answer, add_special_tokens=False)
+        if not ids:
+            return 0.0
+        if len(ids) == 1 and first_logits is not None:
+            return float(first_logits[0].float().softmax(dim=-1)[ids[0]])
+        forced = continued(inputs, ids[:-1])
+        kwargs = forced if vision is None else {**self.text_inputs(forced), **self._vision_kwargs(vision)}
+        with self.apply(knobs):
+            logits = self.model(**kwargs, logits_to_keep=len(ids)).logits[0]
+        log_probs = logits.float().log_softmax(dim=-1)[torch.arange(len(ids)), torch.tensor(ids)]
+        return float(log_probs.mean().exp())
+
     def decode(self, generated: torch.Tensor) -> list[str]:
         return [s.strip() for s in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
@@ -346,6 +364,20 @@ class VLMAdapter:
 
     def answer(self, images, questions: Sequence[str], knobs: Knobs, **kwargs) -> Generation:
         return self.generate(self.inputs(images, questions, knobs.tier), knobs, **kwargs)
+
+
+def continued(inputs: dict[str, torch.Tensor], ids: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Batch-1 `inputs` with the text tokens `ids` appended: per-token tensors grow with them (attention mask 1,
+    token-type ids such as `mm_token_type_ids` 0: text)."""
+    length, n = inputs["input_ids"].shape[1], len(ids)
+    out = {}
+    for key, value in inputs.items():
+        if key == "input_ids":
+            value = torch.cat([value, value.new_tensor([list(ids)])], dim=1)
+        elif value.dim() == 2 and value.shape == (1, length):
+            value = torch.cat([value, value.new_full((1, n), 1 if key == "attention_mask" else 0)], dim=1)
+        out[key] = value
+    return out
 
 
 def model_signature(config) -> dict:

@@ -9,19 +9,21 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from grpo_ctrl.data import VQASample, vqa_score
+from grpo_ctrl.data import VQASample, extract_answer, get_metric
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.vlm import VLMAdapter
 
 
-def score_setting(vlm: VLMAdapter, samples: Sequence[VQASample], knobs: Knobs, batch_size: int = 128) -> np.ndarray:
-    """Per-sample VQA score of the greedy answer under `knobs`."""
+def score_setting(vlm: VLMAdapter, samples: Sequence[VQASample], knobs: Knobs, metric: str = "exact_match",
+                  max_new_tokens: int = 2, batch_size: int = 128) -> np.ndarray:
+    """Per-sample `metric` score of the greedy (extracted) answer under `knobs`."""
+    score = get_metric(metric)
     scores = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
         inputs = vlm.inputs([s.image for s in chunk], [s.question for s in chunk], knobs.tier)
-        gen = vlm.generate({k: v.to(vlm.model.device) for k, v in inputs.items()}, knobs)
-        scores += [vqa_score(a, s.answers) for a, s in zip(gen.answers, chunk)]
+        gen = vlm.generate({k: v.to(vlm.model.device) for k, v in inputs.items()}, knobs, max_new_tokens=max_new_tokens)
+        scores += [score(extract_answer(a), s.answers) for a, s in zip(gen.answers, chunk)]
     return np.array(scores)
 
 
@@ -42,8 +44,9 @@ def oracle_cheapest(settings: Sequence[Knobs], scores: dict[Knobs, np.ndarray], 
 @torch.no_grad()
 def first_token_correct(vlm: VLMAdapter, samples: Sequence[VQASample], knobs: Knobs,
                         keep: Sequence[int] | None = None, batch_size: int = 128) -> np.ndarray:
-    """Whether the greedy first answer token is right under `knobs`, optionally with another block subset `keep`
-    (block importance visits subsets outside the knob space). One forward per batch instead of generate()."""
+    """Whether the greedy first answer token is that of the most frequent gold answer under `knobs`, optionally with
+    another block subset `keep` (block importance visits subsets outside the knob space). One forward per batch
+    instead of generate(): for multi-token answers a fast proxy of answering right."""
     correct = []
     with vlm.apply(knobs), (vlm.blocks_kept(keep) if keep is not None else contextlib.nullcontext()):
         for i in range(0, len(samples), batch_size):

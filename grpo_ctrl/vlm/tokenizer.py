@@ -4,7 +4,8 @@ processor and a chat template, assembled as a stock `LlavaProcessor` (saved with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlavaProcessor, PreTrainedTokenizerFast
@@ -16,6 +17,13 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE)
 CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{% for part in message['content'] %}"
                  "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
                  "{% endfor %}{% endfor %}")
+
+
+def words_of(texts: Iterable[str], max_words: int | None = None) -> list[str]:
+    """The words `build_tokenizer`'s pre-tokenizer splits `texts` into, most frequent first (ties: first seen)."""
+    split = pre_tokenizers.Whitespace().pre_tokenize_str
+    counts = Counter(word for text in texts for word, _ in split(text))
+    return [word for word, _ in counts.most_common(max_words)]
 
 
 def build_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:

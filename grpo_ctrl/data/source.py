@@ -1,0 +1,67 @@
+"""The data-source interface: a VQA dataset is a set of named splits, each a lazily indexable sequence of samples.
+
+Every consumer (train.py, experiments, evaluation) reads data only through `VQASource.split(name, size)`; the
+split names are the framework's (train / val / test), each source maps them to its own. A split holds no
+images: `split[i]` builds sample i when asked, so a step holds only the samples it uses.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """A data source or its field mapping cannot give samples (one line: what, where, how to fix)."""
+
+
+@dataclass(frozen=True)
+class VQASample:
+    image: Any = field(compare=False, repr=False)  # a PIL image or an (H, W, 3) uint8 array, any size
+    question: str
+    answers: tuple[str, ...]  # gold answers, one per annotator (repeats count, as in VQAv2's ten)
+    qtype: str = ""  # question type / category, for per-type reports ("" when the source has none)
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.answers:
+            raise DataError(f"sample {self.question!r} has no gold answer")
+
+    @property
+    def answer(self) -> str:
+        """The most frequent gold answer (the first of the tied ones): the target of dense rewards and pretraining."""
+        return Counter(self.answers).most_common(1)[0][0]
+
+
+class Split(Sequence):
+    """A lazily indexable split: subclasses give `__len__` and `_get(i)`; slices give lists of samples."""
+
+    def _get(self, index: int) -> VQASample:
+        raise NotImplementedError
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._get(i) for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} of a split of {len(self)}")
+        return self._get(index % len(self))
+
+    def __iter__(self) -> Iterator[VQASample]:
+        return (self._get(i) for i in range(len(self)))
+
+
+@runtime_checkable
+class VQASource(Protocol):
+    """A VQA dataset: `split(name, size)` for name in SPLITS; `size` None means all of it (where that is finite)."""
+
+    def split(self, name: str, size: int | None = None) -> Split:
+        ...
+
+
+def check_split_name(name: str) -> None:
+    if name not in SPLITS:
+        raise DataError(f"split={name!r} is unknown; use one of {list(SPLITS)}")
