@@ -51,7 +51,7 @@ def main() -> None:
 
         results = {
             "torch module": timed(module_stage1, lambda s: c.choose_rest(s[0], v, s[1]), args.iters),
-            "GreedyPolicy": timed(lambda: policy.tier(0.6, qn), lambda _: policy.rest(vn), args.iters),
+            "GreedyPolicy": timed(lambda: policy.tier(0.6, qn), lambda s: policy.rest(s, vn), args.iters),
         }
     for label, times in results.items():
         print(label)

@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> None:
     samples = build_data(cfg.data).split("test", cfg.samples)[:]  # scored by every setting: built once
     timed = samples[: cfg.latency_requests]
     scores, latency, table = {}, {}, {}
-    types = sorted({s.qtype for s in samples})
+    types = sorted({s.qtype for s in samples} - {""})  # "": no type column
     print(f"{'setting':<14}{'ms':>7}{'all':>7}" + "".join(f"{t:>10}" for t in types))
     for knobs in space.all():
         scores[knobs] = score_setting(vlm, samples, knobs, cfg.data.metric, cfg.model.max_new_tokens)

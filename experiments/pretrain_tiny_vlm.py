@@ -153,7 +153,7 @@ def evaluate(vlm: LlavaAdapter, samples, settings: dict) -> dict[str, dict[str, 
                 inputs, where, targets, owner = packed_batch(vlm, groups, vlm.knob_space.tiers[knobs.tier])
                 right = prediction_logits(vlm, inputs, where).argmax(-1) == targets
                 correct += [bool(right[owner == q].all()) for q in range(len(groups))]
-        types = sorted({s.qtype for s in samples})
+        types = sorted({s.qtype for s in samples} - {""})  # "": no type column
         row = {t: float(np.mean([c for c, s in zip(correct, samples) if s.qtype == t])) for t in types}
         row["all"] = float(np.mean(correct))
         report[name] = row

@@ -168,7 +168,7 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, vlm, data,
     resolved = OmegaConf.to_container(cfg, resolve=True)
     trainer = JointGRPOTrainer(cfg, engine, controller, train_latency, val_latency, make_reward(cfg.reward),
                                train_pool, val_pool, run_dir, ctx)
-    resumed = trainer.maybe_resume()
+    resumed = trainer.start()
     if ctx.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         n_params = sum(p.numel() for p in controller.parameters())
@@ -183,7 +183,9 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, vlm, data,
         report = None
         if ctx.is_main:
             torch.save({"state_dict": controller.state_dict(), "knob_space": vlm.knob_space.to_dict(),
-                        "reference_latency_ms": trainer.ref_ms, "config": resolved}, run_dir / "controller.pt")
+                        "reference_latency_ms": trainer.ref_ms,
+                        "cheapest_latency_ms": trainer.median_latency(vlm.knob_space.cheapest),
+                        "config": resolved}, run_dir / "controller.pt")
             n_timed = None if cfg.latency.val == "estimator" else 16
             report = build_report(trainer, controller_report, static_settings(trainer, val_latency, n_timed),
                                   seed=cfg.seed)

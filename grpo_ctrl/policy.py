@@ -9,6 +9,7 @@ Its argmax is the module's (same weights, float32 rounding aside).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,8 +22,16 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
 
 
+class Stage1(NamedTuple):
+    """Stage 1's decision and what stage 2 of the same request reuses."""
+
+    tier: int
+    pre2: np.ndarray  # stage 2's pre-activation from the budget and the question
+
+
 class GreedyPolicy:
-    """`tier(budget, question)` before the vision encoder, `rest(vision)` after it (same request)."""
+    """`tier(budget, question)` before the vision encoder, `rest(stage1, vision)` after it. Stateless: a request's
+    stage-1 result travels with it, so concurrent requests cannot mix."""
 
     def __init__(self, controller: TwoStageController):
         c = controller
@@ -51,41 +60,39 @@ class GreedyPolicy:
         self.freqs = c.budget.freqs.double().cpu().numpy()
         self.n_k = c.n_k
         self.space: KnobSpace = c.space
-        self._pre2: np.ndarray | None = None
-        self._tier: int | None = None
 
-    def tier(self, budget: float, question) -> int:
-        """Stage 1: tier index for a budget fraction and a question feature (H,). Keeps what stage 2 reuses."""
+    def tier(self, budget: float, question) -> Stage1:
+        """Stage 1: the tier index for a budget fraction and a question feature (H,)."""
         angles = budget * self.freqs
         enc = np.concatenate([[budget], np.sin(angles), np.cos(angles)]).astype(np.float32)
         pre = self.budget_w @ enc + self.question_w @ np.asarray(question, dtype=np.float32) + self.bias
         h = self.hidden
-        self._pre2 = pre[h:]
-        self._tier = int(np.argmax(self.out1_w @ _gelu_tanh(pre[:h]) + self.out1_b))
-        return self._tier
+        return Stage1(int(np.argmax(self.out1_w @ _gelu_tanh(pre[:h]) + self.out1_b)), pre[h:])
 
-    def rest(self, vision) -> tuple[int, int]:
+    def rest(self, stage1: Stage1, vision) -> tuple[int, int]:
         """Stage 2: (top_k index, num_blocks index) from the pooled vision feature (H,) at the chosen tier."""
-        if self._pre2 is None:
-            raise RuntimeError("GreedyPolicy.rest() before tier(): stage 2 reads stage 1's request encoding")
-        pre = self._pre2 + self.vision_w @ np.asarray(vision, dtype=np.float32) + self.tier_w[self._tier]
+        pre = stage1.pre2 + self.vision_w @ np.asarray(vision, dtype=np.float32) + self.tier_w[stage1.tier]
         logits = self.out2_w @ _gelu_tanh(pre) + self.out2_b
         return int(np.argmax(logits[: self.n_k])), int(np.argmax(logits[self.n_k:]))
 
     def decide(self, budget: float, question, vision_at_tier) -> Knobs:
         """Both stages; `vision_at_tier(tier_name)` returns the pooled vision feature once the tier is known."""
-        t = self.tier(budget, question)
-        k, b = self.rest(vision_at_tier(self.space.tier_names[t]))
-        return self.space.from_index(t, k, b)
+        first = self.tier(budget, question)
+        k, b = self.rest(first, vision_at_tier(self.space.tier_names[first.tier]))
+        return self.space.from_index(first.tier, k, b)
 
     @classmethod
     def load(cls, path: str | Path) -> GreedyPolicy:
         """From a run's `controller.pt` (state dict, knob space and config, as train.py writes it)."""
+        return cls.from_saved(torch.load(path, map_location="cpu", weights_only=False))
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> GreedyPolicy:
+        """From the contents of a `controller.pt`."""
         from omegaconf import OmegaConf
 
         from grpo_ctrl.controller import build_controller
 
-        saved = torch.load(path, map_location="cpu", weights_only=False)
         state = saved["state_dict"]
         controller = build_controller(OmegaConf.create(saved["config"]["controller"]), KnobSpace(**saved["knob_space"]),
                                       state["question.weight"].shape[1], state["vision.weight"].shape[1])

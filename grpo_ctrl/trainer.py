@@ -12,12 +12,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from grpo_ctrl.budget import BudgetScale, warn_unreachable
 from grpo_ctrl.checkpoint import load_checkpoint, save_checkpoint
 from grpo_ctrl.controller import TwoStageController
 from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import Request
 from grpo_ctrl.parallel import ParallelContext
+from grpo_ctrl.policy import GreedyPolicy
 from grpo_ctrl.reward import RewardFn, accuracy_signal
 from grpo_ctrl.rollout import Outcome, Prompt, RolloutEngine
 
@@ -48,19 +50,30 @@ class JointGRPOTrainer:
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self.tracker = tracker
         self.step = 0
-        self.ref_ms = self.ctx.broadcast_object(self._reference_latency())
+        self.ref_ms: float | None = None  # set by start(): resumed, or measured
+        self.scale: BudgetScale | None = None
+
+    def start(self) -> bool:
+        """Resume from the last checkpoint, or measure the reference latency; every rank calls it before fit().
+        Warns once about val budgets below what the cheapest setting costs. True when resumed."""
+        resumed = self.maybe_resume()
+        if not resumed:
+            self.ref_ms = self.ctx.broadcast_object(self.median_latency(self.space.full))
+        self.scale = BudgetScale(self.cfg.budgets.unit, self.ref_ms)
+        if self.ctx.is_main:
+            warn_unreachable(self.scale.ms(self.cfg.budgets.val), self.median_latency(self.space.cheapest),
+                             "budgets.val")
+        return resumed
 
     # ------------------------------------------------------------ budgets and latency
-    def _reference_latency(self) -> float:
-        """Full-knob latency (ms) of a typical request from the training provider: the unit of fractional
-        budgets."""
-        if self.cfg.budgets.unit == "ms":
-            return 1.0
-        return float(np.median(self.latency(self.train_latency, *self._reference_requests())))
+    def median_latency(self, knobs: Knobs) -> float:
+        """Median latency (ms) of `knobs` on typical requests from the training provider (at the full setting:
+        the reference, the unit of fractional budgets)."""
+        return float(np.median(self.latency(self.train_latency, *self._reference_requests(knobs))))
 
-    def _reference_requests(self) -> tuple[list[Prompt], list[Knobs], list[Outcome]]:
+    def _reference_requests(self, knobs: Knobs | None = None) -> tuple[list[Prompt], list[Knobs], list[Outcome]]:
         prompts = self.val_pool[:16]
-        knobs = [self.space.full] * len(prompts)
+        knobs = [knobs or self.space.full] * len(prompts)
         return prompts, knobs, self.engine.run(prompts, knobs)
 
     def latency(self, provider, prompts: Sequence[Prompt], knobs: Sequence[Knobs],
@@ -71,9 +84,6 @@ class JointGRPOTrainer:
             inputs = vlm.inputs([p.sample.image], [p.sample.question], k.tier) if provider.needs_inputs else None
             requests.append(Request(k, o.image_tokens, o.prompt_tokens, o.generated_tokens, inputs))
         return np.asarray(provider.latency_ms(requests), dtype=float)
-
-    def budget_ms(self, fractions) -> np.ndarray:
-        return np.asarray(fractions, dtype=float) * self.ref_ms
 
     # ------------------------------------------------------------ policy helpers
     def decide(self, prompts: Sequence[Prompt], budgets: np.ndarray, u: torch.Tensor | None = None):
@@ -95,7 +105,8 @@ class JointGRPOTrainer:
         # Every rank draws the same global batch and keeps its own contiguous block of whole groups.
         rng = np.random.default_rng([cfg.seed, step])
         idx = rng.choice(len(self.train_pool), size=cfg.prompts_per_step, replace=False)
-        fractions = rng.uniform(cfg.budgets.train_min, cfg.budgets.train_max, size=cfg.prompts_per_step)
+        fractions = self.scale.fraction(rng.uniform(cfg.budgets.train_min, cfg.budgets.train_max,
+                                                     size=cfg.prompts_per_step))
         uniforms = torch.from_numpy(rng.random((cfg.prompts_per_step, G, 3))).float()
         per_rank = cfg.prompts_per_step // ctx.world_size
         mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
@@ -109,7 +120,7 @@ class JointGRPOTrainer:
         if cfg.latency.train_noise_cv > 0:  # same draws whatever the rank layout, like the action uniforms
             noise = rng.standard_normal((cfg.prompts_per_step, G))[mine].reshape(-1)
             lat = lat * np.exp(np.sqrt(np.log1p(cfg.latency.train_noise_cv**2)) * noise)
-        budget = self.budget_ms(b.numpy())
+        budget = np.asarray(b.numpy(), dtype=float) * self.ref_ms  # the budget the controller was told
         signal = accuracy_signal(acc, [o.gold_prob for o in outcomes], cfg.reward.gold_prob_weight)
         rewards = torch.as_tensor(self.reward(signal, lat, budget, complexity(self.space, knobs)), dtype=torch.float)
         grouped = rewards.view(per_rank, G)
@@ -149,7 +160,8 @@ class JointGRPOTrainer:
 
     # ------------------------------------------------------------ validation
     def validate(self, provider=None) -> dict:
-        """Greedy policy on the val prompts at every val budget; this rank's shard, gathered on all ranks.
+        """The greedy policy as served (`GreedyPolicy`, request by request) on the val prompts at every val budget;
+        this rank's shard, gathered on all ranks.
 
         Every distinct (prompt, knobs) pair is timed once, all in one provider call, so a measuring provider
         interleaves them. With fractional budgets a measuring provider also times the reference (full-knob)
@@ -158,10 +170,13 @@ class JointGRPOTrainer:
         provider = provider or self.val_latency
         shard = self.ctx.shard(self.val_pool)
         chosen = {}
-        for frac in self.cfg.budgets.val:
-            *_, actions = self.decide(shard, np.full(len(shard), frac))
-            knobs = self.controller.to_knobs(actions)
-            chosen[frac] = (knobs, self.engine.run(shard, knobs))
+        policy = GreedyPolicy(self.controller)  # the serving path (grpo_ctrl.serve), request by request
+        questions = self.engine.question_features(shard).numpy()
+        for value in self.cfg.budgets.val:
+            fraction = float(self.scale.fraction(value))
+            knobs = [policy.decide(fraction, q, lambda tier, p=p: self.engine.vision_features([p], [tier])[0].numpy())
+                     for p, q in zip(shard, questions)]
+            chosen[value] = (knobs, self.engine.run(shard, knobs))
         pairs = {}
         for knobs, outcomes in chosen.values():
             for p, k, o in zip(shard, knobs, outcomes):
@@ -179,13 +194,13 @@ class JointGRPOTrainer:
                 for frac, (knobs, outcomes) in chosen.items() for p, k, o in zip(shard, knobs, outcomes)]
         rows = [r for part in self.ctx.all_gather_objects(rows) for r in part]
         report = {}
-        for frac in self.cfg.budgets.val:
-            mine = [r for r in rows if r[0] == frac]
+        for value in self.cfg.budgets.val:
+            mine = [r for r in rows if r[0] == value]
             score_of = {r[4]: r[2] for r in mine}
             scores = [score_of[p.key] for p in self.val_pool]  # in val-pool order, for paired comparisons
             lat = np.array([r[3] for r in mine])
-            budget = float(frac * ref_ms)
-            report[f"{frac:g}"] = {
+            budget = float(BudgetScale(self.cfg.budgets.unit, ref_ms).ms(value))
+            report[f"{value:g}"] = {
                 "budget_ms": budget, "reference_ms": ref_ms, "accuracy": float(np.mean(scores)),
                 "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p90_ms": float(np.percentile(lat, 90)),
                 "violation_rate": float((lat > budget).mean()),

@@ -122,6 +122,7 @@ def test_each_rank_expands_whole_groups_of_its_own_prompts(tiny_model_dir):
                                    make_latency_provider("estimator", vlm, cfg.latency),
                                    make_latency_provider("estimator", vlm, cfg.latency), make_reward(cfg.reward),
                                    pool, pool[:4], Path("/tmp/unused"), ParallelContext(rank=rank, world_size=2))
+        trainer.start()
         calls.clear()
         trainer.train_step(0)
         keys = [p.key for p in calls[0]]

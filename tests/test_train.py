@@ -124,6 +124,7 @@ def test_reward_sees_the_gold_probability_mix(tiny_model_dir, weight):
 
     trainer = JointGRPOTrainer(cfg, engine, build_controller(cfg.controller, vlm.knob_space, 64, 64), est, est,
                                reward, pool, pool[:4], Path("/tmp/unused"), ParallelContext())
+    trainer.start()
     original = engine.run
     engine.run = lambda prompts, knobs: seen.setdefault("outcomes", original(prompts, knobs))
     trainer.train_step(0)

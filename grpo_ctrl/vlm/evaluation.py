@@ -30,7 +30,8 @@ def score_setting(vlm: VLMAdapter, samples: Sequence[VQASample], knobs: Knobs, m
 def by_type(samples: Sequence[VQASample], scores: np.ndarray) -> dict[str, float]:
     groups: dict[str, list[float]] = defaultdict(list)
     for s, v in zip(samples, scores):
-        groups[s.qtype].append(float(v))
+        if s.qtype:  # "": the source has no question types
+            groups[s.qtype].append(float(v))
     return {"all": float(np.mean(scores)), **{t: float(np.mean(v)) for t, v in sorted(groups.items())}}
 
 

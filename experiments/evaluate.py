@@ -1,0 +1,134 @@
+"""Held-out evaluation of a trained controller on the TEST split (never used for training or for choosing
+baselines), at budgets from the cheapest setting's latency to the full model's.
+
+Every knob setting answers every test and val request (the exhaustive grid); each (request, setting) pair gets a
+batch-1 latency, measured or hooked in interleaved passes (or estimated). Latency depends on a request's work
+signature (knobs, image / prompt / generated token counts), not on its pixels, so each distinct signature is
+timed once per pass on one of its requests and the time goes to all of them. The policies per budget: the
+controller (as served: `GreedyPolicy`), the static lookup table (the best setting per budget chosen on val),
+the oracle static setting (chosen on test), the per-request oracle (the best any controller can do), random
+knobs and the full model. Outputs JSON, CSV, markdown and a Pareto PNG (`grpo_ctrl.baselines`).
+
+    python experiments/evaluate.py run_dir=outputs/<date>/<time> [latency_source=measured] [budgets=8]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from grpo_ctrl.baselines import Profile, evaluate_budgets, write_outputs
+from grpo_ctrl.build import build_data
+from grpo_ctrl.experiment import LatencyExperiment
+from grpo_ctrl.latency import Request, make_latency_provider
+from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
+from grpo_ctrl.serve import Server, ServeError
+
+
+def grid_outcomes(engine: RolloutEngine, prompts, settings) -> dict:
+    """Outcome of every (setting, prompt) pair."""
+    return {k: engine.run(prompts, [k] * len(prompts)) for k in settings}
+
+
+def signature(knobs, outcome) -> tuple:
+    return knobs, outcome.image_tokens, outcome.prompt_tokens, outcome.generated_tokens
+
+
+def latency_grid(provider, vlm, pools: dict, outcomes: dict, settings) -> dict[str, np.ndarray]:
+    """(settings, prompts) latency matrix of each pool, one provider call over the distinct work signatures."""
+    first: dict[tuple, tuple] = {}  # signature -> (prompt, knobs, outcome) that stands for it
+    for name, prompts in pools.items():
+        for k in settings:
+            for p, o in zip(prompts, outcomes[name][k]):
+                first.setdefault(signature(k, o), (p, k, o))
+    requests = []
+    for p, k, o in first.values():
+        inputs = vlm.inputs([p.sample.image], [p.sample.question], k.tier) if provider.needs_inputs else None
+        requests.append(Request(k, o.image_tokens, o.prompt_tokens, o.generated_tokens, inputs))
+    start = time.perf_counter()
+    ms = dict(zip(first, provider.latency_ms(requests)))
+    print(f"latency: {len(requests)} distinct requests ({provider.name}) in {time.perf_counter() - start:.0f} s",
+          flush=True)
+    return {name: np.array([[ms[signature(k, o)] for o in outcomes[name][k]] for k in settings])
+            for name, prompts in pools.items()}
+
+
+def controller_choices(server: Server, engine: RolloutEngine, prompts, settings, budgets_ms, reference_ms) -> dict:
+    """Setting index the controller picks for each test prompt at each budget (the serving decision path)."""
+    policy, index = server.policy, {k: i for i, k in enumerate(settings)}
+    questions = engine.question_features(prompts).numpy()
+    out = {}
+    for budget in budgets_ms:
+        fraction = budget / reference_ms
+        out[budget] = np.array([index[policy.decide(fraction, q, lambda t, p=p: engine.vision_features([p], [t])[0]
+                                                    .numpy())] for p, q in zip(prompts, questions)])
+    return out
+
+
+def check(cfg: DictConfig) -> None:
+    if cfg.latency_source not in ("measured", "hooked", "estimator"):
+        raise ServeError(f"latency_source={cfg.latency_source!r} is unknown; use measured, hooked or estimator")
+    for key, low in (("budgets", 2), ("repeats", 1), ("warmup", 0), ("threads", 1)):
+        if cfg[key] < low:
+            raise ServeError(f"{key}={cfg[key]} must be >= {low}")
+    for key in ("test_size", "val_size", "rollout_workers"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ServeError(f"{key}={cfg[key]} must be >= 1, or null")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate")
+def main(cfg: DictConfig) -> None:
+    started = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    try:
+        check(cfg)
+        server = Server.from_run_dir(cfg.run_dir)
+    except ServeError as err:
+        print(f"evaluate: {err}", file=sys.stderr)
+        sys.exit(2)
+    run_cfg = OmegaConf.create(torch.load(Path(cfg.run_dir) / "controller.pt", weights_only=False)["config"])
+    vlm, space = server.vlm, server.vlm.knob_space
+    data = build_data(run_cfg.data)
+    sizes = {"test": cfg.test_size or run_cfg.data.test_size, "val": cfg.val_size or run_cfg.data.val_size}
+    pools = {name: list(PromptPool(data.split(name, n), name)) for name, n in sizes.items()}
+    settings = space.all()
+    engine = RolloutEngine(vlm, max_new_tokens=run_cfg.model.max_new_tokens,
+                           scoring=Scoring(run_cfg.data.metric, gold_prob=False),
+                           workers=cfg.rollout_workers or default_workers(run_cfg.model.device))
+    try:
+        outcomes = {name: grid_outcomes(engine, prompts, settings) for name, prompts in pools.items()}
+    finally:
+        engine.close()
+    print(f"grid: {len(settings)} settings x {sum(map(len, pools.values()))} prompts answered in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    latency_cfg = OmegaConf.merge(run_cfg.latency, {"warmup": cfg.warmup, "repeats": cfg.repeats,
+                                                    "threads": cfg.threads})
+    provider = make_latency_provider(cfg.latency_source, vlm, latency_cfg, experiment=LatencyExperiment(vlm=vlm))
+    latency = latency_grid(provider, vlm, pools, outcomes, settings)
+    profiles = {name: Profile(tuple(settings), np.array([[o.score for o in outcomes[name][k]] for k in settings]),
+                              latency[name], tuple(space.tier_names)) for name in pools}
+    test = profiles["test"]
+    full_ms = float(np.median(test.latency_ms[settings.index(space.full)]))
+    # A budget fraction is a fraction of what the full model costs here (measured alongside), as in validation.
+    reference = server.scale.reference_ms if cfg.latency_source == "estimator" else full_ms
+    low = float(test.mean_latency_ms[settings.index(space.cheapest)])
+    budgets = [float(b) for b in np.linspace(low, float(test.mean_latency_ms.max()), cfg.budgets)]
+    choices = controller_choices(server, engine, pools["test"], settings, budgets, reference)
+    result = evaluate_budgets(test, profiles["val"], budgets, choices, full=space.full, seed=cfg.seed)
+    result.update(run_dir=str(cfg.run_dir), latency_source=cfg.latency_source, reference_ms=reference,
+                  test_prompts=len(pools["test"]), val_prompts=len(pools["val"]),
+                  wall_s=time.perf_counter() - started)
+    paths = write_outputs(result, Path(HydraConfig.get().runtime.output_dir))
+    print(paths["md"].read_text())
+    print(f"outputs: {', '.join(str(p) for p in paths.values())}\nwall time {result['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""Held-out evaluation of budget policies: the controller against a static lookup table, oracles and random knobs.
+
+Pure numpy on a `Profile`, every static knob setting run on the same requests. A policy is one setting index per
+request, so every policy (controller, static table, oracle) is scored by indexing the same profile, and any two
+are compared request by request.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from grpo_ctrl.knobs import Knobs
+
+POLICIES = ("controller", "lut", "oracle_static", "per_request_oracle", "random", "full")
+CSV_COLUMNS = ("budget_ms", "policy", "knobs", "accuracy", "violation_rate", "budgeted_accuracy", "mean_latency_ms",
+               "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "mean_tier", "mean_top_k", "mean_num_blocks",
+               "diff_vs_lut", "ci_low", "ci_high", "gap_closed")
+
+
+@dataclass(frozen=True, eq=False)
+class Profile:
+    """Every static knob setting on the same N requests: `scores[s, i]` in [0, 1] and the batch-1 `latency_ms[s, i]`
+    of request i under `settings[s]`. `tier_order` names the tiers cheapest first (a `KnobSpace.tier_names`); empty
+    means their order of first appearance in `settings`, which is the space's when they come from `KnobSpace.all()`.
+    """
+
+    settings: tuple[Knobs, ...]
+    scores: np.ndarray
+    latency_ms: np.ndarray
+    tier_order: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        settings = tuple(self.settings)
+        scores = np.array(self.scores, dtype=float)
+        latency = np.array(self.latency_ms, dtype=float)
+        if scores.ndim != 2 or latency.shape != scores.shape or len(scores) != len(settings) or not scores.shape[1]:
+            raise ValueError(f"profile: scores {scores.shape} and latency_ms {latency.shape} must both be "
+                             f"(settings={len(settings)}, requests>=1)")
+        if len(set(settings)) != len(settings):
+            raise ValueError(f"profile: settings repeat: {[str(k) for k in settings]}")
+        if not ((scores >= 0) & (scores <= 1)).all() or not (np.isfinite(latency) & (latency >= 0)).all():
+            raise ValueError("profile: scores must lie in [0, 1] and latency_ms be finite and >= 0")
+        tiers = tuple(self.tier_order) or tuple(dict.fromkeys(k.tier for k in settings))
+        if missing := sorted({k.tier for k in settings} - set(tiers)):
+            raise ValueError(f"profile: tiers {missing} of the settings are not in tier_order {list(tiers)}")
+        scores.setflags(write=False)
+        latency.setflags(write=False)
+        for name, value in (("settings", settings), ("scores", scores), ("latency_ms", latency), ("tier_order", tiers)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def mean_latency_ms(self) -> np.ndarray:
+        return self.latency_ms.mean(axis=1)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self.scores.mean(axis=1)
+
+    def index(self, knobs: Knobs) -> int:
+        if knobs not in self.settings:
+            raise ValueError(f"profile: {knobs} is not one of its {len(self.settings)} settings")
+        return self.settings.index(knobs)
+
+
+def best_static(profile: Profile, budget_ms: float) -> int | None:
+    """The most accurate setting whose mean latency fits `budget_ms` (ties: the faster on average), or None when
+    none fits. Chosen on val it is the static lookup table a deployment would ship; on test, the static oracle."""
+    fits = profile.mean_latency_ms <= budget_ms
+    if not fits.any():
+        return None
+    accuracy = np.where(fits, profile.accuracy, -np.inf)
+    tied = fits & np.isclose(accuracy, accuracy.max())
+    return int(np.where(tied, profile.mean_latency_ms, np.inf).argmin())
+
+
+def per_request_oracle(profile: Profile, budget_ms: float) -> np.ndarray:
+    """Per request, the best-scoring setting that meets the budget on it (ties: the fastest on it), else its fastest
+    setting: the most any controller choosing among these settings can score within the budget."""
+    fits = profile.latency_ms <= budget_ms
+    scores = np.where(fits, profile.scores, -np.inf)
+    best = fits & (scores == scores.max(axis=0))
+    pick = np.where(best, profile.latency_ms, np.inf).argmin(axis=0)
+    return np.where(fits.any(axis=0), pick, profile.latency_ms.argmin(axis=0))
+
+
+def random_choice(n_settings: int, n_requests: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(n_settings, size=n_requests)
+
+
+@dataclass
+class PolicyResult:
+    """One policy's choice scored on a profile at one budget; `scores` and `latency_ms` are per request, for paired
+    comparisons, and stay out of `to_dict()`."""
+
+    accuracy: float
+    violation_rate: float
+    budgeted_accuracy: float
+    mean_latency_ms: float
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_p99_ms: float
+    mean_tier: float
+    mean_top_k: float
+    mean_num_blocks: float
+    histogram: dict[str, int]
+    scores: np.ndarray = field(repr=False)
+    latency_ms: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("scores", "latency_ms")}
+        return {**out, "histogram": dict(self.histogram)}
+
+
+def evaluate_choice(profile: Profile, choice: np.ndarray, budget_ms: float) -> PolicyResult:
+    """Score setting `choice[i]` on request i. A request counts towards `budgeted_accuracy` only within the budget.
+    `mean_tier` is the mean index in `profile.tier_order` (0 = cheapest tier)."""
+    choice = np.asarray(choice)
+    n = profile.scores.shape[1]
+    in_range = choice.dtype.kind in "iu" and ((choice >= 0) & (choice < len(profile.settings))).all()
+    if choice.shape != (n,) or not in_range:
+        raise ValueError(f"choice: need {n} integer setting indices in [0, {len(profile.settings)}), got "
+                         f"shape {choice.shape} dtype {choice.dtype}")
+    scores = profile.scores[choice, np.arange(n)]
+    latency = profile.latency_ms[choice, np.arange(n)]
+    within = latency <= budget_ms
+    knob_values = np.array([(profile.tier_order.index(k.tier), k.top_k, k.num_blocks) for k in profile.settings])
+    tier, top_k, num_blocks = knob_values[choice].mean(axis=0)
+    p50, p90, p99 = np.percentile(latency, [50, 90, 99])
+    counts = np.bincount(choice, minlength=len(profile.settings))
+    return PolicyResult(
+        accuracy=float(scores.mean()), violation_rate=float((~within).mean()),
+        budgeted_accuracy=float((scores * within).mean()), mean_latency_ms=float(latency.mean()),
+        latency_p50_ms=float(p50), latency_p90_ms=float(p90), latency_p99_ms=float(p99),
+        mean_tier=float(tier), mean_top_k=float(top_k), mean_num_blocks=float(num_blocks),
+        histogram={str(profile.settings[s]): int(c) for s, c in enumerate(counts) if c},
+        scores=scores, latency_ms=latency)
+
+
+def bootstrap_interval(values: np.ndarray, draws: int = 10000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (per-request paired differences: the requests are the
+    sampling unit, and no normal approximation is needed for 0/±1 differences)."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or not len(values) or draws < 1 or not 0 < level < 1:
+        raise ValueError(f"bootstrap: need 1-d non-empty values, draws >= 1 and 0 < level < 1; got shape "
+                         f"{values.shape}, draws={draws}, level={level}")
+    rng = np.random.default_rng(seed)
+    # In chunks of draws, so the resampled index matrix stays ~32 MB however many requests there are.
+    chunk = max(1, 2**22 // len(values))
+    means = np.concatenate([values[rng.integers(len(values), size=(min(chunk, draws - start), len(values)))].mean(1)
+                            for start in range(0, draws, chunk)])
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def paired_vs(reference: PolicyResult, other: PolicyResult, seed: int = 0) -> dict:
+    """Mean per-request score difference other - reference, its 95 % bootstrap interval, and requests won/lost."""
+    if reference.scores.shape != other.scores.shape:
+        raise ValueError(f"paired_vs: policies scored on {reference.scores.shape} and {other.scores.shape} requests")
+    diff = other.scores - reference.scores
+    low, high = bootstrap_interval(diff, seed=seed)
+    return {"diff": float(diff.mean()), "ci_low": low, "ci_high": high, "wins": int((diff > 0).sum()),
+            "losses": int((diff < 0).sum())}
+
+
+def oracle_gap_closed(policy_acc: float, lut_acc: float, oracle_acc: float) -> float:
+    """The share of the lookup table -> per-request oracle gap the policy closes: 0 = no better than the table,
+    1 = as good as the oracle, < 0 worse than the table. NaN when oracle == LUT: with no gap the ratio is 0/0 or
+    ±inf, and the table is already as good as any per-request choice could be."""
+    if math.isclose(oracle_acc, lut_acc, rel_tol=0.0, abs_tol=1e-12):
+        return math.nan
+    return (policy_acc - lut_acc) / (oracle_acc - lut_acc)
+
+
+def pareto_front(latency: Sequence[float], accuracy: Sequence[float]) -> list[int]:
+    """Indices of the points no other point dominates (as fast or faster and as accurate or more, strictly better
+    in one), fastest first. Identical points do not dominate each other, so both stay."""
+    lat, acc = np.asarray(latency, dtype=float), np.asarray(accuracy, dtype=float)
+    if lat.ndim != 1 or lat.shape != acc.shape:
+        raise ValueError(f"pareto_front: latency {lat.shape} and accuracy {acc.shape} must be equal-length 1-d")
+    no_worse = (lat[:, None] <= lat) & (acc[:, None] >= acc)  # [j, i]: j is no worse than i
+    better = (lat[:, None] < lat) | (acc[:, None] > acc)
+    front = np.flatnonzero(~(no_worse & better).any(axis=0))
+    return [int(i) for i in front[np.argsort(lat[front], kind="stable")]]
+
+
+def evaluate_budgets(test: Profile, val: Profile, budgets_ms: Sequence[float], controller: Mapping[float, np.ndarray],
+                     full: Knobs | None = None, seed: int = 0) -> dict:
+    """Every policy per budget on the test requests, as a JSON-able dict. The lookup table ("lut") is chosen on
+    `val` and scored on test; "oracle_static" and "per_request_oracle" see the test requests. `full` defaults to
+    the setting slowest on average on val. "random" is one seeded uniform draw, the same requests' settings at
+    every budget. `oracle_gap_closed` is in budgeted accuracy: within the budget the per-request oracle is an upper
+    bound on every policy, while on plain accuracy a policy can pass it by running over the budget."""
+    if missing := [b for b in budgets_ms if b not in controller]:
+        raise ValueError(f"evaluate_budgets: no controller choice for budgets {missing}")
+    n = test.scores.shape[1]
+    full = full if full is not None else val.settings[int(val.mean_latency_ms.argmax())]
+    rand = random_choice(len(test.settings), n, np.random.default_rng(seed))
+    front = set(pareto_front(test.mean_latency_ms, test.accuracy))
+    out = {"full": str(full), "budgets": [],
+           "settings": [{"knobs": str(k), "accuracy": float(a), "mean_latency_ms": float(t), "pareto_front": s in front}
+                        for s, (k, a, t) in enumerate(zip(test.settings, test.accuracy, test.mean_latency_ms))]}
+    for budget in budgets_ms:
+        lut = best_static(val, budget)
+        statics = {"lut": None if lut is None else test.index(val.settings[lut]),
+                   "oracle_static": best_static(test, budget), "full": test.index(full)}
+        results = {"controller": evaluate_choice(test, controller[budget], budget),
+                   "per_request_oracle": evaluate_choice(test, per_request_oracle(test, budget), budget),
+                   "random": evaluate_choice(test, rand, budget)}
+        results |= {name: None if s is None else evaluate_choice(test, np.full(n, s), budget)
+                    for name, s in statics.items()}
+        policies = {name: None if results[name] is None else results[name].to_dict() for name in POLICIES}
+        for name, s in statics.items():
+            if s is not None:
+                policies[name]["knobs"] = str(test.settings[s])
+        ctrl, table, oracle = results["controller"], results["lut"], results["per_request_oracle"]
+        gap = math.nan if table is None else oracle_gap_closed(ctrl.budgeted_accuracy, table.budgeted_accuracy,
+                                                               oracle.budgeted_accuracy)
+        out["budgets"].append({"budget_ms": float(budget), "policies": policies,
+                               "controller_vs_lut": None if table is None else paired_vs(table, ctrl, seed=seed),
+                               "oracle_gap_closed": None if math.isnan(gap) else gap})
+    return out
+
+
+def write_outputs(result: dict, out_dir: Path, stem: str = "evaluation") -> dict[str, Path]:
+    """`result` of `evaluate_budgets` as <stem>.json, .csv (a row per budget and policy), .md and a Pareto .png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "csv", "md", "png")}
+    paths["json"].write_text(json.dumps(result, indent=2))
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(csv_rows(result))
+    paths["md"].write_text(markdown(result))
+    plot_pareto(result, paths["png"])
+    return paths
+
+
+def csv_rows(result: dict) -> list[dict]:
+    rows = []
+    for b in result["budgets"]:
+        vs = b["controller_vs_lut"] or {}
+        for name, policy in b["policies"].items():
+            extra = {"diff_vs_lut": vs.get("diff"), "ci_low": vs.get("ci_low"), "ci_high": vs.get("ci_high"),
+                     "gap_closed": b["oracle_gap_closed"]} if name == "controller" else {}
+            rows.append({**(policy or {}), "budget_ms": b["budget_ms"], "policy": name, **extra})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    def acc(policy: dict | None) -> str:
+        if policy is None:
+            return "—"
+        knobs = f" ({policy['knobs']})" if "knobs" in policy else ""
+        return f"{policy['accuracy']:.3f} / {policy['budgeted_accuracy']:.3f}{knobs}"
+
+    lines = ["| budget (ms) | " + " | ".join(POLICIES) + " | controller − lut [95 % CI] | controller violation | "
+             "gap closed |", "|---:" * (len(POLICIES) + 4) + "|"]
+    for b in result["budgets"]:
+        vs, gap = b["controller_vs_lut"], b["oracle_gap_closed"]
+        diff = "—" if vs is None else f"{vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]"
+        cells = [f"{b['budget_ms']:g}", *(acc(b["policies"][p]) for p in POLICIES), diff,
+                 f"{b['policies']['controller']['violation_rate']:.3f}", "—" if gap is None else f"{gap:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Policies: accuracy / budgeted accuracy on test (a request over the budget scores 0 in the latter). "
+              "lut is chosen on val. Controller − lut is in accuracy; gap closed (lut → per-request oracle) is in "
+              "budgeted accuracy, where the oracle is an upper bound.",
+              "", "| setting | accuracy | mean latency (ms) | Pareto |", "|---|---:|---:|:---:|"]
+    lines += [f"| {s['knobs']} | {s['accuracy']:.3f} | {s['mean_latency_ms']:.1f} | {'✓' * s['pareto_front']} |"
+              for s in result["settings"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = result["settings"]
+    front = sorted((s for s in settings if s["pareto_front"]), key=lambda s: s["mean_latency_ms"])
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter([s["mean_latency_ms"] for s in settings], [s["accuracy"] for s in settings], s=14, c="0.7",
+               label="static settings")
+    ax.plot([s["mean_latency_ms"] for s in front], [s["accuracy"] for s in front], "-", c="0.45",
+            label="static Pareto front")
+    for name, style in (("controller", "o-"), ("lut", "s--"), ("per_request_oracle", "^:"), ("random", "x-.")):
+        rows = [b["policies"][name] for b in result["budgets"]]
+        ax.plot([r["mean_latency_ms"] if r else np.nan for r in rows], [r["accuracy"] if r else np.nan for r in rows],
+                style, label=name.replace("_", " "))
+    ax.set_xlabel("mean latency on test (ms)")
+    ax.set_ylabel("accuracy on test")
+    ax.set_title("policies over budgets against the static settings")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

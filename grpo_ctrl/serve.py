@@ -1,0 +1,174 @@
+"""Serve a trained controller: a request (image, question, budget) -> knobs -> the VLM's answer.
+
+    server = Server.from_run_dir("outputs/<date>/<time>")
+    served = server.generate(image, question, budget_ms=12.0)      # or budget_fraction=0.6
+    python -m grpo_ctrl.serve run_dir=DIR image=photo.png question="what colour is the cell r2c3" budget_ms=12
+
+Stage 1 (the tier) is decided from the budget and the question before the vision encoder runs; stage 2 (top-k,
+blocks) from the vision features at that tier, which generation then reuses: the path validation takes
+(`GreedyPolicy`, `VLMAdapter.encode_vision`, `VLMAdapter.generate`). Knobs are applied to the one model in
+place, so a `Server` answers one request at a time: concurrent callers are serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import MISSING, OmegaConf
+from PIL import Image
+
+from grpo_ctrl.budget import BudgetError, BudgetScale, warn_unreachable
+from grpo_ctrl.data import extract_answer
+from grpo_ctrl.knobs import Knobs
+from grpo_ctrl.latency.clock import now
+from grpo_ctrl.policy import GreedyPolicy
+from grpo_ctrl.vlm import VLMAdapter
+
+CONTROLLER_FILE = "controller.pt"
+
+
+class ServeError(ValueError):
+    """A run dir or request that cannot be served (one line: what, where, how to fix)."""
+
+
+@dataclass(frozen=True)
+class Served:
+    answer: str
+    knobs: Knobs
+    budget_ms: float
+    latency_ms: float  # the request end to end: controller, vision encoder, generate()
+    decision_ms: float  # the controller's share: question features, both stages, the pooled vision feature
+
+    @property
+    def within_budget(self) -> bool:
+        return self.latency_ms <= self.budget_ms
+
+    def to_dict(self) -> dict:
+        return {"answer": self.answer, "knobs": str(self.knobs), "budget_ms": self.budget_ms,
+                "latency_ms": self.latency_ms, "decision_ms": self.decision_ms, "within_budget": self.within_budget}
+
+
+class Server:
+    def __init__(self, vlm: VLMAdapter, policy: GreedyPolicy, scale: BudgetScale, max_new_tokens: int = 2,
+                 cheapest_ms: float | None = None):
+        if policy.space != vlm.knob_space:
+            raise ServeError(f"the controller's knob space {policy.space} is not the model's {vlm.knob_space}")
+        self.vlm, self.policy, self.scale = vlm, policy, scale
+        self.max_new_tokens = max_new_tokens
+        self.cheapest_ms = cheapest_ms
+        self._lock = threading.Lock()
+        self._warned = False
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, device: str | None = None) -> Server:
+        """The controller, knob space, reference latency and model of a train.py run dir."""
+        saved = read_controller(run_dir)
+        from grpo_ctrl.build import build_vlm  # the model as the run's config built it
+
+        model_cfg = OmegaConf.create(saved["config"]["model"])
+        if device is not None:
+            model_cfg.device = device
+        vlm = build_vlm(model_cfg)
+        policy = GreedyPolicy.from_saved(saved)
+        return cls(vlm, policy, BudgetScale("ms", saved["reference_latency_ms"]), model_cfg.max_new_tokens,
+                   saved.get("cheapest_latency_ms"))
+
+    def generate(self, image, question: str, budget_ms: float | None = None,
+                 budget_fraction: float | None = None) -> Served:
+        """Answer one request within a budget given in ms or as a fraction of the full model's latency."""
+        try:
+            budget, fraction = self.scale.of_request(budget_ms, budget_fraction)
+        except BudgetError as err:
+            raise ServeError(str(err)) from None
+        if self.cheapest_ms is not None and not self._warned:
+            self._warned = warn_unreachable([budget], self.cheapest_ms, "serve")
+        vlm = self.vlm
+        device = vlm.model.device
+        with self._lock, torch.no_grad():
+            start = now(device)
+            question_feature = vlm.question_features([question])[0].numpy()
+            first = self.policy.tier(fraction, question_feature)
+            tier = self.policy.space.tier_names[first.tier]
+            decided = now(device) - start
+            inputs = {k: v.to(device) for k, v in vlm.inputs([image], [question], tier).items()}
+            vision = vlm.encode_vision(inputs, tier)
+            stage2 = now(device)
+            top_k, blocks = self.policy.rest(first, vlm.vision_summary(vision).numpy())
+            knobs = self.policy.space.from_index(first.tier, top_k, blocks)
+            decided += now(device) - stage2
+            gen = vlm.generate(vlm.text_inputs(inputs), knobs, max_new_tokens=self.max_new_tokens, vision=vision)
+            latency = now(device) - start
+        return Served(extract_answer(gen.answers[0]), knobs, budget, latency * 1000, decided * 1000)
+
+
+def read_controller(run_dir: str | Path) -> dict:
+    """`controller.pt` of a run dir, checked (one-line ServeError when it is missing or unreadable)."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONTROLLER_FILE
+    if not run_dir.is_dir():
+        raise ServeError(f"run_dir={run_dir} is not a directory; give the output dir of a finished train.py run")
+    if not path.is_file():
+        raise ServeError(f"{path} does not exist: the run has not finished (train.py writes it at the end); "
+                         "give a finished run's dir")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one line
+        raise ServeError(f"{path} cannot be read ({type(err).__name__}); re-run train.py to write it") from None
+    missing = [k for k in ("state_dict", "knob_space", "reference_latency_ms", "config") if k not in saved]
+    if missing:
+        raise ServeError(f"{path} lacks {missing}: not a controller train.py wrote; re-run train.py")
+    return saved
+
+
+@dataclass
+class ServeConfig:
+    run_dir: str = MISSING
+    image: str = MISSING
+    question: str = MISSING
+    budget_ms: float | None = None
+    budget_fraction: float | None = None
+    device: str | None = None
+
+
+def main(argv: list[str]) -> int:
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(ServeConfig), OmegaConf.from_dotlist(argv))
+        OmegaConf.to_container(cfg, throw_on_missing=True)
+    except Exception as err:  # noqa: BLE001 - OmegaConf's messages span lines: keep the first
+        print(f"serve: {str(err).splitlines()[0]}; usage: python -m grpo_ctrl.serve run_dir=DIR image=FILE "
+              "question=TEXT budget_ms=MS (or budget_fraction=F)", file=sys.stderr)
+        return 2
+    try:
+        image = _open_image(cfg.image)
+        try:  # the budget's form is checked before the model loads
+            BudgetScale("ms", 1.0).of_request(cfg.budget_ms, cfg.budget_fraction)
+        except BudgetError as err:
+            raise ServeError(str(err)) from None
+        server = Server.from_run_dir(cfg.run_dir, cfg.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            served = server.generate(image, cfg.question, cfg.budget_ms, cfg.budget_fraction)
+    except ServeError as err:
+        print(f"serve: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(served.to_dict()))
+    return 0
+
+
+def _open_image(path: str) -> Image.Image:
+    try:
+        return Image.open(path).convert("RGB")
+    except (OSError, ValueError) as err:
+        raise ServeError(f"image={path} cannot be read as an image ({type(err).__name__}); give an image file") \
+            from None
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
