@@ -29,7 +29,7 @@ from grpo_ctrl.build import build_data
 from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.latency import Request, make_latency_provider
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
-from grpo_ctrl.serve import Server, ServeError
+from grpo_ctrl.serve import ServeError, Server
 
 
 def grid_outcomes(engine: RolloutEngine, prompts, settings) -> dict:
