@@ -75,7 +75,7 @@ def controller_choices(server: Server, engine: RolloutEngine, prompts, settings,
 def check(cfg: DictConfig) -> None:
     if cfg.latency_source not in ("measured", "hooked", "estimator"):
         raise ServeError(f"latency_source={cfg.latency_source!r} is unknown; use measured, hooked or estimator")
-    for key, low in (("budgets", 2), ("repeats", 1), ("warmup", 0), ("threads", 1)):
+    for key, low in (("budgets", 2), ("repeats", 1), ("warmup", 0), ("threads", 1), ("latency_threads", 1)):
         if cfg[key] < low:
             raise ServeError(f"{key}={cfg[key]} must be >= {low}")
     for key in ("test_size", "val_size", "rollout_workers"):
@@ -109,7 +109,7 @@ def main(cfg: DictConfig) -> None:
     print(f"grid: {len(settings)} settings x {sum(map(len, pools.values()))} prompts answered in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
     latency_cfg = OmegaConf.merge(run_cfg.latency, {"warmup": cfg.warmup, "repeats": cfg.repeats,
-                                                    "threads": cfg.threads})
+                                                    "threads": cfg.latency_threads})
     provider = make_latency_provider(cfg.latency_source, vlm, latency_cfg, experiment=LatencyExperiment(vlm=vlm))
     latency = latency_grid(provider, vlm, pools, outcomes, settings)
     profiles = {name: Profile(tuple(settings), np.array([[o.score for o in outcomes[name][k]] for k in settings]),

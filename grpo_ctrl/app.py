@@ -30,9 +30,10 @@ from grpo_ctrl.parallel import (
     launcher_environment,
     make_replicas,
 )
-from grpo_ctrl.report import build_report, static_settings, write_report
+from grpo_ctrl.report import build_report, write_report
 from grpo_ctrl.reward import make_reward
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
+from grpo_ctrl.statics import static_settings
 from grpo_ctrl.tracking import NullTracker, Tracker
 from grpo_ctrl.trainer import JointGRPOTrainer
 from grpo_ctrl.vlm import ModelDir, ModelDirError
@@ -187,7 +188,7 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, vlm, data,
                         "cheapest_latency_ms": trainer.median_latency(vlm.knob_space.cheapest),
                         "config": resolved}, run_dir / "controller.pt")
             n_timed = None if cfg.latency.val == "estimator" else 16
-            report = build_report(trainer, controller_report, static_settings(trainer, val_latency, n_timed),
+            report = build_report(controller_report, static_settings(trainer, val_latency, n_timed), trainer.ref_ms,
                                   seed=cfg.seed)
             report["latency_source"] = cfg.latency.val
             json_path, png_path = write_report(report, run_dir)

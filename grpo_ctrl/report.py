@@ -1,4 +1,5 @@
-"""Validation report: the controller per budget against the best static setting and uniformly random knobs."""
+"""Validation report: the controller per budget against the best static setting and uniformly random knobs; a pure
+function of the validation results (`JointGRPOTrainer.validate`, `statics.static_settings`)."""
 
 from __future__ import annotations
 
@@ -6,29 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from grpo_ctrl.trainer import JointGRPOTrainer
-
-
-def static_settings(trainer: JointGRPOTrainer, provider, latency_requests: int | None = None) -> dict:
-    """Accuracy of every fixed knob setting on the val prompts, and its mean latency from `provider` (over the
-    first `latency_requests` prompts when measuring is expensive). All settings are timed in one provider call
-    (interleaved when measured); `reference_ms` is the full-knob setting's median there when a measuring
-    provider gives the unit of fractional budgets, else the trainer's."""
-    prompts = trainer.val_pool
-    timed = prompts if latency_requests is None else prompts[:latency_requests]
-    settings = trainer.space.all()
-    outcomes = {k: trainer.engine.run(prompts, [k] * len(prompts)) for k in settings}
-    lat = trainer.latency(provider, [p for _ in settings for p in timed],
-                          [k for k in settings for _ in timed],
-                          [o for k in settings for o in outcomes[k][: len(timed)]]).reshape(len(settings), -1)
-    rows = [{"knobs": str(k), "accuracy": float(np.mean([o.score for o in outcomes[k]])),
-             "mean_latency_ms": float(t.mean()), "latency": t, "scores": [o.score for o in outcomes[k]]}
-            for k, t in zip(settings, lat)]
-    reference = trainer.ref_ms
-    if provider.needs_inputs and trainer.cfg.budgets.unit == "fraction":
-        reference = float(np.median(lat[settings.index(trainer.space.full)]))
-    return {"settings": rows, "reference_ms": reference}
 
 
 def crossfit_accuracy(settings: list[dict]) -> float:
@@ -53,10 +31,11 @@ def paired_difference(scores: list[float], reference: list[float]) -> dict:
     return {"diff": float(diff.mean()), "se": se, "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum())}
 
 
-def build_report(trainer: JointGRPOTrainer, controller_report: dict, statics: dict, seed: int = 0) -> dict:
+def build_report(controller_report: dict, statics: dict, reference_ms: float, seed: int = 0) -> dict:
+    """`reference_ms`: the training reference latency (the unit of fractional budgets)."""
     rng = np.random.default_rng(seed)
     val_ref = next(iter(controller_report.values()))["reference_ms"]
-    out = {"reference_latency_ms": trainer.ref_ms, "val_reference_latency_ms": val_ref,
+    out = {"reference_latency_ms": reference_ms, "val_reference_latency_ms": val_ref,
            "static_reference_latency_ms": statics["reference_ms"], "budgets": {}}
     settings = statics["settings"]
     n_timed = len(settings[0]["latency"])

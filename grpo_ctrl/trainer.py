@@ -31,6 +31,16 @@ def complexity(space, knobs: Sequence[Knobs]) -> np.ndarray:
     return (idx / np.maximum(sizes, 1)).mean(axis=1)
 
 
+KNOB_NAMES = ("tier", "top_k", "num_blocks")
+
+
+def sum_by_name(ctx: ParallelContext, values: dict) -> dict[str, float]:
+    """Each named value summed over ranks (one collective, in float64)."""
+    names = list(values)
+    summed = ctx.all_reduce_sum(torch.tensor([float(values[k]) for k in names], dtype=torch.float64))
+    return dict(zip(names, summed.tolist()))
+
+
 class JointGRPOTrainer:
     def __init__(self, cfg, engine: RolloutEngine, controller: TwoStageController, train_latency, val_latency,
                  reward: RewardFn, train_pool: Sequence[Prompt], val_pool: Sequence[Prompt], run_dir: Path,
@@ -140,23 +150,20 @@ class JointGRPOTrainer:
             self.opt.zero_grad(set_to_none=True)
             parts.loss.backward()
             self.opt.step()
-        # Logged values cross ranks as sums and counts.
+        # Logged values cross ranks as sums, then are divided by the summed count of what they are means over.
         n = float(len(prompts))
-        sums = torch.tensor([rewards.sum(), (rewards**2).sum(), acc.sum(), lat.sum(), (lat > budget).sum(),
-                             frac_zero_std(grouped) * per_rank, parts.loss.detach() * n, parts.clip_frac * n,
-                             parts.kl * n, *(entropy.detach().sum(0)), n, per_rank], dtype=torch.float64)
-        s = ctx.all_reduce_sum(sums)
-        count, groups = s[-2], s[-1]
-        mean_r = s[0] / count
-        return {
-            "train/reward_mean": float(mean_r),
-            "train/reward_std": float((s[1] / count - mean_r**2).clamp(min=0).sqrt()),
-            "train/accuracy": float(s[2] / count), "train/latency_ms": float(s[3] / count),
-            "train/violation_rate": float(s[4] / count), "train/frac_reward_zero_std": float(s[5] / groups),
-            "train/loss": float(s[6] / count), "train/clip_frac": float(s[7] / count), "train/kl": float(s[8] / count),
-            "train/entropy_tier": float(s[9] / count), "train/entropy_top_k": float(s[10] / count),
-            "train/entropy_num_blocks": float(s[11] / count), "train/step_time_s": time.perf_counter() - start,
-        }
+        entropy_sums = entropy.detach().sum(0)
+        per_request = {"reward_mean": rewards.sum(), "reward_sq": (rewards**2).sum(), "accuracy": acc.sum(),
+                       "latency_ms": lat.sum(), "violation_rate": (lat > budget).sum(), "loss": parts.loss.detach() * n,
+                       "clip_frac": parts.clip_frac * n, "kl": parts.kl * n,
+                       **{f"entropy_{knob}": entropy_sums[i] for i, knob in enumerate(KNOB_NAMES)}}
+        per_group = {"frac_reward_zero_std": frac_zero_std(grouped) * per_rank}
+        sums = sum_by_name(ctx, {**per_request, **per_group, "requests": n, "groups": per_rank})
+        out = {f"train/{k}": sums[k] / sums["requests"] for k in per_request}
+        out.update({f"train/{k}": sums[k] / sums["groups"] for k in per_group})
+        out["train/reward_std"] = max(out.pop("train/reward_sq") - out["train/reward_mean"] ** 2, 0.0) ** 0.5
+        out["train/step_time_s"] = time.perf_counter() - start
+        return out
 
     # ------------------------------------------------------------ validation
     def validate(self, provider=None) -> dict:

@@ -1,5 +1,6 @@
 """Validation report helpers."""
 
+import numpy as np
 import pytest
 
 from grpo_ctrl.report import crossfit_accuracy, paired_difference
@@ -30,3 +31,21 @@ def test_paired_difference_counts_prompts_won_and_lost():
     assert gap == {"diff": pytest.approx(mean), "se": pytest.approx(se), "wins": 2, "losses": 1}
     # the same policy against itself: no gap and no spread
     assert paired_difference(static, static) == {"diff": 0.0, "se": 0.0, "wins": 0, "losses": 0}
+
+
+def test_the_report_is_a_function_of_the_results_alone():
+    from grpo_ctrl.report import build_report
+
+    statics = {"reference_ms": 20.0, "settings": [
+        {"knobs": "low/k1/b2", "accuracy": 0.5, "mean_latency_ms": 8.0, "latency": np.array([8.0, 8.0]),
+         "scores": [1.0, 0.0]},
+        {"knobs": "high/k4/b6", "accuracy": 1.0, "mean_latency_ms": 20.0, "latency": np.array([20.0, 20.0]),
+         "scores": [1.0, 1.0]}]}
+    ctrl = {"0.5": {"budget_ms": 10.0, "reference_ms": 20.0, "accuracy": 0.5, "violation_rate": 0.0,
+                    "budgeted_accuracy": 0.5, "latency_p50_ms": 8.0, "latency_p90_ms": 8.0,
+                    "knobs": {"low/k1/b2": 2}, "scores": [1.0, 0.0]}}
+    report = build_report(ctrl, statics, reference_ms=20.0)
+    assert report == build_report(ctrl, statics, reference_ms=20.0)
+    best = report["budgets"]["0.5"]["best_static"]
+    assert best["knobs"] == "low/k1/b2" and best["controller_minus_static"]["diff"] == 0.0  # only it fits 10 ms
+    assert report["reference_latency_ms"] == 20.0 and len(report["static_settings"]) == 2
