@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 from transformers.utils import logging as hf_logging
 
+from grpo_ctrl.cli import check_command_line
 from grpo_ctrl.config import register_configs
 
 register_configs()
@@ -23,4 +24,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("config")
     main()

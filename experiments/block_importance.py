@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,7 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from grpo_ctrl.build import build_data, build_vlm
+from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
+from grpo_ctrl.experiment import write_to_model_dir
 from grpo_ctrl.vlm import VLMAdapter
 from grpo_ctrl.vlm.adapter import IMPORTANCE_FILE
 from grpo_ctrl.vlm.evaluation import first_token_correct
@@ -37,8 +42,24 @@ def block_importance(vlm: VLMAdapter, samples) -> dict:
 register_configs()
 
 
+def check_report(report: dict, vlm: VLMAdapter) -> None:
+    """A drop order the adapter can use, from finite accuracies; else one line and exit 2 (nothing written)."""
+    values = [report["baseline_accuracy"], *report["accuracy_drop"].values()]
+    if not all(math.isfinite(v) for v in values) or sorted(report["drop_order"]) != sorted(vlm.block_drop_order):
+        print(f"block_importance.py: the measured accuracies are not usable ({report['baseline_accuracy']=}); "
+              "nothing written", file=sys.stderr)
+        sys.exit(2)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/block_importance")
 def main(cfg: DictConfig) -> None:
+    check_minimums(cfg, {"samples": 1, "threads": 1}, "block_importance.py")
     torch.set_num_threads(cfg.threads)
     vlm = build_vlm(cfg.model)
     model_dir = vlm.source
@@ -46,12 +67,14 @@ def main(cfg: DictConfig) -> None:
     for block, drop in report["accuracy_drop"].items():
         print(f"block {block}: accuracy drop {drop:+.3f}")
     print(f"drop order (least important first): {report['drop_order']}")
+    check_report(report, vlm)  # before anything is written
     out = Path(HydraConfig.get().runtime.output_dir) / IMPORTANCE_FILE
     out.write_text(json.dumps(report, indent=2))
     if cfg.write_to_model:
-        (model_dir / IMPORTANCE_FILE).write_text(json.dumps(report, indent=2))
-        print(f"wrote {model_dir / IMPORTANCE_FILE}")
+        write_to_model_dir(model_dir, IMPORTANCE_FILE, lambda path: atomic_write(path, json.dumps(report, indent=2)),
+                           cfg.overwrite_shipped)
 
 
 if __name__ == "__main__":
+    check_command_line("experiments/block_importance")
     main()

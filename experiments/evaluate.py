@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.baselines import Profile, evaluate_budgets, write_outputs
 from grpo_ctrl.build import build_data
+from grpo_ctrl.cli import check_command_line
 from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.latency import Request, make_latency_provider
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
@@ -131,4 +132,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("experiments/evaluate")
     main()

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from grpo_ctrl.build import build_data, build_vlm
+from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
 from grpo_ctrl.latency.measured import median_generate_ms
 from grpo_ctrl.vlm.evaluation import by_type, oracle_cheapest, score_setting
@@ -41,6 +42,8 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate_knobs")
 def main(cfg: DictConfig) -> None:
+    check_minimums(cfg, {"samples": 1, "latency_requests": 1, "latency_repeats": 1, "threads": 1},
+                   "evaluate_knobs.py")
     torch.set_num_threads(cfg.threads)
     vlm = build_vlm(cfg.model)
     space = vlm.knob_space
@@ -83,4 +86,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("experiments/evaluate_knobs")
     main()

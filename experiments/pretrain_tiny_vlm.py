@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.build import build_data
+from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
 from grpo_ctrl.data import GridVQA, VQASource, vocabulary
 from grpo_ctrl.knobs import KnobSpace
@@ -181,6 +182,9 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/pretrain_tiny_vlm")
 def main(cfg: DictConfig) -> None:
+    check_minimums(cfg, {"steps": 1, "batch_size": 1, "questions_per_image": 1, "eval_every": 1,
+                         "eval_samples": 1, "ckpt_every": 1, "threads": 1, "min_blocks": 1, "max_words": 1},
+                   "pretrain_tiny_vlm.py")
     torch.set_num_threads(cfg.threads)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     data = build_data(cfg.data)
@@ -262,4 +266,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("experiments/pretrain_tiny_vlm")
     main()

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
-from grpo_ctrl.experiment import LatencyExperiment
+from grpo_ctrl.experiment import LatencyExperiment, write_to_model_dir
 from grpo_ctrl.latency.estimator import (
     ESTIMATOR_FILE,
     PROFILE_KEYS,
@@ -146,6 +147,8 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/profile_latency")
 def main(cfg: DictConfig) -> None:
+    check_minimums(cfg, {"samples": 1, "generated_tokens": 1, "repeats": 1, "warmup": 0, "threads": 1,
+                         "holdout_fraction": 0.0}, "profile_latency.py")
     torch.set_num_threads(cfg.threads)
     exp = LatencyExperiment(cfg)
     vlm = exp.vlm
@@ -205,8 +208,9 @@ def main(cfg: DictConfig) -> None:
         "in_sample": full, "targets": targets, "profile": str(profile_path), "estimator": str(out_est)})
     print(f"profile: {profile_path}\nestimator: {out_est}\nreport: {report}")
     if cfg.write_to_model:
-        print(f"wrote {est.save(vlm.source / ESTIMATOR_FILE)}")
+        write_to_model_dir(vlm.source, ESTIMATOR_FILE, est.save, cfg.overwrite_shipped)
 
 
 if __name__ == "__main__":
+    check_command_line("experiments/profile_latency")
     main()

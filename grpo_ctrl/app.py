@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.build import build_data, build_vlm, inspect_model
+from grpo_ctrl.checkpoint import CHECKPOINT, CheckpointError, read_checkpoint
 from grpo_ctrl.config import ConfigError, validate
 from grpo_ctrl.controller import build_controller
 from grpo_ctrl.data import DataError
@@ -62,10 +63,17 @@ def exit_on_config_error(cfg: DictConfig, world_size: int = 1) -> None:
         sys.exit(2)
 
 
-def preflight(cfg: DictConfig) -> ModelDir:
-    """What the inputs alone show, before any weight loads: the data source and its train / val splits, the model
-    directory, its family and knob space, and the latency estimator the config asks for (it must be this
-    model's). One line and exit 2 on a problem."""
+def preflight(cfg: DictConfig, run_dir: Path | None = None) -> ModelDir:
+    """What the inputs alone show, before any weight loads: the device, the checkpoint a resume would read, the
+    data source and its train / val splits, the model directory, its family and knob space, and the latency
+    estimator the config asks for (it must be this model's). One line and exit 2 on a problem."""
+    try:
+        check_device(cfg.model.device if cfg.model.device_map is None else "cpu")
+        if run_dir is not None and cfg.resume and (run_dir / CHECKPOINT).exists():
+            read_checkpoint(run_dir / CHECKPOINT)
+    except (ConfigError, CheckpointError) as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
     try:
         check_data(build_data(cfg.data), cfg.data)
     except DataError as err:
@@ -81,6 +89,16 @@ def preflight(cfg: DictConfig) -> ModelDir:
     return spec
 
 
+def check_device(device: str) -> None:
+    kind = torch.device(device)
+    if kind.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"model.device={device}: no CUDA device is visible here; use model.device=cpu")
+        if kind.index is not None and kind.index >= count:
+            raise ConfigError(f"model.device={device}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+
+
 def check_data(data, data_cfg: DictConfig) -> None:
     """Open the splits training reads (a split checks its columns and first row when opened)."""
     for name in ("train", "val"):
@@ -89,8 +107,8 @@ def check_data(data, data_cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> None:
     exit_on_config_error(cfg)
-    preflight(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    preflight(cfg, run_dir)
     if cfg.parallel.name == "ddp":
         run_ddp(cfg, run_dir)
     else:

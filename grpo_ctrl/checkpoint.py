@@ -30,11 +30,26 @@ def save_checkpoint(path: Path, **state: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+CHECKPOINT = Path("checkpoints") / "last.pt"  # under the run dir
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (one line naming the fix)."""
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise RuntimeError(f"checkpoint {path} is unreadable ({type(err).__name__}); delete it or set "
-                           "resume=false to start over") from err
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}); delete it or set "
+                              "resume=false to start over") from None
+    if not isinstance(state, dict) or "rng" not in state or "step" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a grpo-ctrl checkpoint; delete it or set resume=false to "
+                              "start over")
+    return state
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    state = read_checkpoint(path)
     set_rng_state(state["rng"])
     return state

@@ -243,6 +243,9 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
     _require(cfg.lr > 0, f"lr={cfg.lr} must be > 0")
     _require(0 <= cfg.reward.gold_prob_weight <= 1,
              f"reward.gold_prob_weight={cfg.reward.gold_prob_weight} must be in [0, 1] (0: exact answer score only)")
+    _require(cfg.latency.repeats >= 1, f"latency.repeats={cfg.latency.repeats} must be >= 1 (timed runs per request)")
+    _require(cfg.latency.warmup >= 0, f"latency.warmup={cfg.latency.warmup} must be >= 0 (untimed runs first)")
+    _require(cfg.parallel.nproc >= 1, f"parallel.nproc={cfg.parallel.nproc} must be >= 1 (worker processes for ddp)")
     _require(cfg.latency.threads is None or cfg.latency.threads >= 1,
              f"latency.threads={cfg.latency.threads} must be >= 1, or null to time with the run's threads")
     _require(cfg.rollout_workers is None or cfg.rollout_workers >= 1,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,21 @@ def hydra_output_dir() -> Path | None:
     if not HydraConfig.initialized():
         return None
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def write_to_model_dir(model_dir: Path, name: str, write: Callable[[Path], object], overwrite_shipped: bool) -> bool:
+    """`write(model_dir / name)`, unless the model dir is the embedded VLM shipped in the package and
+    `overwrite_shipped` is false (then one line says where the result stays). True when written."""
+    from grpo_ctrl.vlm import EMBEDDED_DIR
+
+    target = Path(model_dir) / name
+    if Path(model_dir).resolve() == EMBEDDED_DIR.resolve() and not overwrite_shipped:
+        print(f"not replacing the shipped {target} (pass overwrite_shipped=true to replace it); this run's copy is "
+              "in its output dir", flush=True)
+        return False
+    write(target)
+    print(f"wrote {target}", flush=True)
+    return True
 
 
 class BaseExperiment:

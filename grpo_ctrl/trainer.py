@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from grpo_ctrl.budget import BudgetScale, warn_unreachable
-from grpo_ctrl.checkpoint import load_checkpoint, save_checkpoint
+from grpo_ctrl.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from grpo_ctrl.controller import TwoStageController
 from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
 from grpo_ctrl.knobs import Knobs
@@ -57,7 +57,7 @@ class JointGRPOTrainer:
         self.reward = reward
         self.train_pool, self.val_pool = train_pool, val_pool  # lazy: a prompt is built when indexed
         self.run_dir = Path(run_dir)
-        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self.ckpt_path = self.run_dir / CHECKPOINT
         self.tracker = tracker
         self.step = 0
         self.ref_ms: float | None = None  # set by start(): resumed, or measured

@@ -139,6 +139,9 @@ class LatencyEstimator:
             c = _f(coef[phase])
             if c.shape != (len(names),) or not np.all(np.isfinite(c)):
                 raise ValueError(f"phase {phase!r} needs {len(names)} finite coefficients {names}, got {list(c)}")
+            if np.any(c < 0):  # each feature counts work: a negative cost would predict negative latencies
+                shown = [round(float(v), 6) for v in c]
+                raise ValueError(f"phase {phase!r} has negative coefficients {shown} (each must be >= 0)")
             self.coef[phase] = c
         self.meta = dict(meta or {})
 
