@@ -26,9 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.baselines import Profile, evaluate_budgets, write_outputs
 from grpo_ctrl.build import build_data
-from grpo_ctrl.cli import check_command_line
+from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.latency import Request, make_latency_provider
+from grpo_ctrl.policy import greedy_knobs
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
 from grpo_ctrl.serve import ServeError, Server
 
@@ -63,25 +64,17 @@ def latency_grid(provider, vlm, pools: dict, outcomes: dict, settings) -> dict[s
 
 def controller_choices(server: Server, engine: RolloutEngine, prompts, settings, budgets_ms, reference_ms) -> dict:
     """Setting index the controller picks for each test prompt at each budget (the serving decision path)."""
-    policy, index = server.policy, {k: i for i, k in enumerate(settings)}
-    questions = engine.question_features(prompts).numpy()
-    out = {}
-    for budget in budgets_ms:
-        fraction = budget / reference_ms
-        out[budget] = np.array([index[policy.decide(fraction, q, lambda t, p=p: engine.vision_features([p], [t])[0]
-                                                    .numpy())] for p, q in zip(prompts, questions)])
-    return out
+    index = {k: i for i, k in enumerate(settings)}
+    return {budget: np.array([index[k] for k in greedy_knobs(server.policy, engine, prompts, budget / reference_ms)])
+            for budget in budgets_ms}
 
 
 def check(cfg: DictConfig) -> None:
     if cfg.latency_source not in ("measured", "hooked", "estimator"):
         raise ServeError(f"latency_source={cfg.latency_source!r} is unknown; use measured, hooked or estimator")
-    for key, low in (("budgets", 2), ("repeats", 1), ("warmup", 0), ("threads", 1), ("latency_threads", 1)):
-        if cfg[key] < low:
-            raise ServeError(f"{key}={cfg[key]} must be >= {low}")
-    for key in ("test_size", "val_size", "rollout_workers"):
-        if cfg[key] is not None and cfg[key] < 1:
-            raise ServeError(f"{key}={cfg[key]} must be >= 1, or null")
+    sizes = {k: 1 for k in ("test_size", "val_size", "rollout_workers") if cfg[k] is not None}
+    check_minimums(cfg, {"budgets": 2, "repeats": 1, "warmup": 0, "threads": 1, "latency_threads": 1, **sizes},
+                   "evaluate.py")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate")

@@ -98,3 +98,11 @@ class GreedyPolicy:
                                       state["question.weight"].shape[1], state["vision.weight"].shape[1])
         controller.load_state_dict(state)
         return cls(controller)
+
+
+def greedy_knobs(policy: GreedyPolicy, engine, prompts, fraction: float) -> list[Knobs]:
+    """The served decision for each prompt at one budget fraction, from a `RolloutEngine`'s cached question and
+    vision features (what validation and the held-out evaluation score)."""
+    questions = engine.question_features(prompts).numpy()
+    return [policy.decide(fraction, q, lambda tier, p=p: engine.vision_features([p], [tier])[0].numpy())
+            for p, q in zip(prompts, questions)]

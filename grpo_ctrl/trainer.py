@@ -19,7 +19,7 @@ from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import Request
 from grpo_ctrl.parallel import ParallelContext
-from grpo_ctrl.policy import GreedyPolicy
+from grpo_ctrl.policy import GreedyPolicy, greedy_knobs
 from grpo_ctrl.reward import RewardFn, accuracy_signal
 from grpo_ctrl.rollout import Outcome, Prompt, RolloutEngine
 
@@ -178,11 +178,8 @@ class JointGRPOTrainer:
         shard = self.ctx.shard(self.val_pool)
         chosen = {}
         policy = GreedyPolicy(self.controller)  # the serving path (grpo_ctrl.serve), request by request
-        questions = self.engine.question_features(shard).numpy()
         for value in self.cfg.budgets.val:
-            fraction = float(self.scale.fraction(value))
-            knobs = [policy.decide(fraction, q, lambda tier, p=p: self.engine.vision_features([p], [tier])[0].numpy())
-                     for p, q in zip(shard, questions)]
+            knobs = greedy_knobs(policy, self.engine, shard, float(self.scale.fraction(value)))
             chosen[value] = (knobs, self.engine.run(shard, knobs))
         pairs = {}
         for knobs, outcomes in chosen.values():
