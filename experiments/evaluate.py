@@ -31,7 +31,7 @@ from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.latency import Request, make_latency_provider
 from grpo_ctrl.policy import greedy_knobs
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
-from grpo_ctrl.serve import ServeError, Server
+from grpo_ctrl.serve import ServeError, Server, read_controller
 
 
 def grid_outcomes(engine: RolloutEngine, prompts, settings) -> dict:
@@ -83,11 +83,12 @@ def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     try:
         check(cfg)
-        server = Server.from_run_dir(cfg.run_dir)
+        saved = read_controller(cfg.run_dir)
+        server = Server.from_saved(saved)
     except ServeError as err:
         print(f"evaluate: {err}", file=sys.stderr)
         sys.exit(2)
-    run_cfg = OmegaConf.create(torch.load(Path(cfg.run_dir) / "controller.pt", weights_only=False)["config"])
+    run_cfg = OmegaConf.create(saved["config"])
     vlm, space = server.vlm, server.vlm.knob_space
     data = build_data(run_cfg.data)
     sizes = {"test": cfg.test_size or run_cfg.data.test_size, "val": cfg.val_size or run_cfg.data.val_size}

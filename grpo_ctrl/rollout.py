@@ -12,7 +12,7 @@ inputs and vision tokens per (prompt, tier), memoising outcomes across steps, an
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 from grpo_ctrl.data import Split, VQASample, extract_answer, get_metric
+from grpo_ctrl.data.source import LazySequence
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency.base import intra_op_threads
 from grpo_ctrl.vlm import VLMAdapter
@@ -31,7 +32,7 @@ class Prompt:
     sample: VQASample
 
 
-class PromptPool(Sequence):
+class PromptPool(LazySequence):
     """The prompts of one split, each built when indexed (key: (split name, index)): a pool holds no images."""
 
     def __init__(self, split: Split, name: str):
@@ -40,14 +41,8 @@ class PromptPool(Sequence):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        index = range(len(self))[index]
+    def _get(self, index: int) -> Prompt:
         return Prompt((self.name, index), self.split[index])
-
-    def __iter__(self) -> Iterator[Prompt]:
-        return (self[i] for i in range(len(self)))
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,11 @@ class Server:
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, device: str | None = None) -> Server:
         """The controller, knob space, reference latency and model of a train.py run dir."""
-        saved = read_controller(run_dir)
+        return cls.from_saved(read_controller(run_dir), device)
+
+    @classmethod
+    def from_saved(cls, saved: dict, device: str | None = None) -> Server:
+        """From the contents of a run's controller.pt (`read_controller`)."""
         from grpo_ctrl.build import build_vlm  # the model as the run's config built it
 
         model_cfg = OmegaConf.create(saved["config"]["model"])
@@ -90,19 +94,20 @@ class Server:
             self._warned = warn_unreachable([budget], self.cheapest_ms, "serve")
         vlm = self.vlm
         device = vlm.model.device
+        encoded = {}
+
+        def vision_at(tier: str):  # between the two stages: the processor and the vision encoder at that tier
+            begin = now(device)
+            inputs = {k: v.to(device) for k, v in vlm.inputs([image], [question], tier).items()}
+            encoded.update(inputs=inputs, vision=vlm.encode_vision(inputs, tier), ms=now(device) - begin)
+            return vlm.vision_summary(encoded["vision"]).numpy()
+
         with self._lock, torch.no_grad():
             start = now(device)
-            question_feature = vlm.question_features([question])[0].numpy()
-            first = self.policy.tier(fraction, question_feature)
-            tier = self.policy.space.tier_names[first.tier]
-            decided = now(device) - start
-            inputs = {k: v.to(device) for k, v in vlm.inputs([image], [question], tier).items()}
-            vision = vlm.encode_vision(inputs, tier)
-            stage2 = now(device)
-            top_k, blocks = self.policy.rest(first, vlm.vision_summary(vision).numpy())
-            knobs = self.policy.space.from_index(first.tier, top_k, blocks)
-            decided += now(device) - stage2
-            gen = vlm.generate(vlm.text_inputs(inputs), knobs, max_new_tokens=self.max_new_tokens, vision=vision)
+            knobs = self.policy.decide(fraction, vlm.question_features([question])[0].numpy(), vision_at)
+            decided = now(device) - start - encoded["ms"]
+            gen = vlm.generate(vlm.text_inputs(encoded["inputs"]), knobs, max_new_tokens=self.max_new_tokens,
+                               vision=encoded["vision"])
             latency = now(device) - start
         return Served(extract_answer(gen.answers[0]), knobs, budget, latency * 1000, decided * 1000)
 

@@ -37,21 +37,28 @@ class VQASample:
         return Counter(self.answers).most_common(1)[0][0]
 
 
-class Split(Sequence):
-    """A lazily indexable split: subclasses give `__len__` and `_get(i)`; slices give lists of samples."""
+class LazySequence(Sequence):
+    """Items built when indexed: subclasses give `__len__` and `_get(i)`; slices give lists."""
 
-    def _get(self, index: int) -> VQASample:
+    def _get(self, index: int):
         raise NotImplementedError
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self._get(i) for i in range(*index.indices(len(self)))]
         if not -len(self) <= index < len(self):
-            raise IndexError(f"sample {index} of a split of {len(self)}")
+            raise IndexError(f"item {index} of a sequence of {len(self)}")
         return self._get(index % len(self))
 
-    def __iter__(self) -> Iterator[VQASample]:
+    def __iter__(self) -> Iterator:
         return (self._get(i) for i in range(len(self)))
+
+
+class Split(LazySequence):
+    """A lazily indexable split of samples (`_get(i)` returns a `VQASample`)."""
+
+    def _get(self, index: int) -> VQASample:
+        raise NotImplementedError
 
 
 @runtime_checkable
