@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -37,14 +38,40 @@ def monotone_violations(space, acc: dict, tolerance: float) -> list[str]:
     return out
 
 
+def knob_bottlenecks(space, table: dict, types: list[str]) -> dict[str, dict]:
+    """For each knob alone at its cheapest value (the others at full), the question type that loses most."""
+    full = space.full
+    cheapest = space.cheapest
+    out = {}
+    for axis in ("tier", "top_k", "num_blocks"):
+        alone = replace(full, **{axis: getattr(cheapest, axis)})
+        drops = {t: table[full][t] - table[alone][t] for t in types}
+        worst = max(drops, key=drops.get) if drops else None
+        out[axis] = {"setting": str(alone), "type": worst, "drop": drops.get(worst, 0.0)}
+    return out
+
+
+def oracle_gap(settings, scores: dict, latency: dict, budget_ms: float) -> dict:
+    """Per-request oracle (a question counts if any setting within the budget answers it) against the best
+    single setting within the budget."""
+    fits = [k for k in settings if latency[k] <= budget_ms]
+    if not fits:
+        return {"budget_ms": budget_ms, "oracle": 0.0, "best_static": 0.0, "best_static_knobs": None, "gap": 0.0}
+    oracle = float(np.mean(np.max([scores[k] > 0.5 for k in fits], axis=0)))
+    best = max(fits, key=lambda k: float(np.mean(scores[k])))
+    static = float(np.mean(scores[best]))
+    return {"budget_ms": budget_ms, "oracle": oracle, "best_static": static, "best_static_knobs": str(best),
+            "gap": oracle - static}
+
+
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate_knobs")
 def main(cfg: DictConfig) -> None:
-    check_minimums(cfg, {"samples": 1, "latency_requests": 1, "latency_repeats": 1, "threads": 1},
+    check_minimums(cfg, {"samples": 1, "latency_requests": 1, "latency_repeats": 1, "threads": 1,
+                         "latency_threads": 1},
                    "evaluate_knobs.py")
-    torch.set_num_threads(cfg.threads)
     vlm = build_vlm(cfg.model)
     space = vlm.knob_space
     samples = build_data(cfg.data).split("test", cfg.samples)[:]  # scored by every setting: built once
@@ -53,7 +80,9 @@ def main(cfg: DictConfig) -> None:
     types = sorted({s.qtype for s in samples} - {""})  # "": no type column
     print(f"{'setting':<14}{'ms':>7}{'all':>7}" + "".join(f"{t:>10}" for t in types))
     for knobs in space.all():
+        torch.set_num_threads(cfg.threads)
         scores[knobs] = score_setting(vlm, samples, knobs, cfg.data.metric, cfg.model.max_new_tokens)
+        torch.set_num_threads(cfg.latency_threads)  # one thread: far steadier on a shared machine
         latency[knobs] = median_generate_ms(vlm, timed, knobs, warmup=1, repeats=cfg.latency_repeats)
         table[knobs] = by_type(samples, scores[knobs])
         print(f"{str(knobs):<14}{latency[knobs]:>7.2f}{table[knobs]['all']:>7.3f}"
@@ -66,10 +95,13 @@ def main(cfg: DictConfig) -> None:
     oracle = oracle_cheapest(space.all(), scores, latency)
     histogram = Counter(str(k) for k in oracle)
     by_qtype = {t: Counter(str(k) for k, s in zip(oracle, samples) if s.qtype == t).most_common(3) for t in types}
+    binds = knob_bottlenecks(space, table, types)
+    at_half = oracle_gap(space.all(), scores, latency, latency[full] * cfg.oracle_budget)
     targets = {
-        "full_accuracy": acc[full], "full_accuracy>=0.85": acc[full] >= 0.85,
-        "cheapest_accuracy": acc[cheap], "cheapest<=full-0.25": acc[cheap] <= acc[full] - 0.25,
-        "latency_ratio": latency[cheap] / latency[full], "latency_ratio<=0.5": latency[cheap] / latency[full] <= 0.5,
+        "full_accuracy": acc[full], "full_accuracy>=0.9": acc[full] >= 0.9,
+        "cheapest_accuracy": acc[cheap], "latency_ratio": latency[cheap] / latency[full],
+        "knob_bottlenecks": binds, "every_knob_drops_a_type>=0.2": all(b["drop"] >= 0.2 for b in binds.values()),
+        f"oracle_at_{cfg.oracle_budget}": at_half, "oracle_minus_best_static>=0.15": at_half["gap"] >= 0.15,
         "monotone_violations(>2se)": violations, "monotone": not violations,
     }
     print("\noracle cheapest correct setting (all types):", histogram.most_common(8))

@@ -16,7 +16,9 @@ import functools
 import json
 import math
 import os
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -30,7 +32,7 @@ from grpo_ctrl.build import build_data
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
 from grpo_ctrl.data import GridVQA, VQASource, vocabulary
-from grpo_ctrl.knobs import KnobSpace
+from grpo_ctrl.knobs import Knobs, KnobSpace
 from grpo_ctrl.vlm.builder import EmbeddedVLMSize, embedded_vlm
 from grpo_ctrl.vlm.llava import LlavaAdapter
 from grpo_ctrl.vlm.tokenizer import build_tokenizer, words_of
@@ -41,7 +43,7 @@ register_configs()
 def task_words(data: VQASource, train, max_words: int) -> list[str]:
     """Grid-VQA's fixed word list (the shipped model's ids); else the training split's most frequent words."""
     if isinstance(data, GridVQA):
-        return vocabulary()
+        return vocabulary(data.grid)
     return words_of([text for s in train for text in (s.question, *s.answers)], max_words)
 
 
@@ -136,10 +138,22 @@ def sample_setting(rng: np.random.Generator, vlm: LlavaAdapter, cfg: DictConfig)
     if rng.random() < cfg.p_full:
         return min(space.tiers.values()), max(space.top_ks), list(range(n_total))
     pool = int(rng.choice(list(space.tiers.values())))
-    top_k = int(rng.choice(space.top_ks))
+    weights = None if cfg.top_k_weights is None else np.asarray(cfg.top_k_weights, float) / sum(cfg.top_k_weights)
+    top_k = int(rng.choice(space.top_ks, p=weights))
     n = int(rng.integers(cfg.min_blocks, n_total + 1))
     keep = [0] + sorted(int(i) for i in rng.choice(np.arange(1, n_total), size=n - 1, replace=False))
     return pool, top_k, keep
+
+
+def probe_settings(space: KnobSpace) -> dict[str, Knobs]:
+    """Full, cheapest, and each knob alone at each of its cheaper values (the others at full): which knob binds
+    which question type."""
+    full = space.full
+    settings = {"full": full, "cheapest": space.cheapest}
+    settings |= {f"tier={t}": replace(full, tier=t) for t in space.tier_names if t != full.tier}
+    settings |= {f"top_k={k}": replace(full, top_k=k) for k in space.top_ks if k != full.top_k}
+    settings |= {f"blocks={n}": replace(full, num_blocks=n) for n in space.num_blocks if n != full.num_blocks}
+    return settings
 
 
 @torch.no_grad()
@@ -185,6 +199,12 @@ def main(cfg: DictConfig) -> None:
     check_minimums(cfg, {"steps": 1, "batch_size": 1, "questions_per_image": 1, "eval_every": 1,
                          "eval_samples": 1, "ckpt_every": 1, "threads": 1, "min_blocks": 1, "max_words": 1},
                    "pretrain_tiny_vlm.py")
+    if cfg.top_k_weights is not None:
+        check_minimums(cfg, {"top_k_weights": 0}, "pretrain_tiny_vlm.py")
+        if len(cfg.top_k_weights) != len(cfg.knobs.top_ks) or sum(cfg.top_k_weights) <= 0:
+            print(f"config error: pretrain_tiny_vlm.py: top_k_weights={list(cfg.top_k_weights)} needs one weight per "
+                  f"value of knobs.top_ks={list(cfg.knobs.top_ks)}, not all zero", file=sys.stderr)
+            sys.exit(2)
     torch.set_num_threads(cfg.threads)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     data = build_data(cfg.data)
@@ -220,7 +240,7 @@ def main(cfg: DictConfig) -> None:
         sched.load_state_dict(state["sched"])
         step = state["step"]
         print(f"resumed at step {step}", flush=True)
-    settings = {"full": vlm.knob_space.full, "cheapest": vlm.knob_space.cheapest}
+    settings = probe_settings(vlm.knob_space)
     log = open(run_dir / "pretrain_log.jsonl", "a")
     vlm.model.train()
     t0 = time.time()

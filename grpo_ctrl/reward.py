@@ -20,11 +20,19 @@ def accuracy_signal(score, gold_prob, gold_prob_weight: float = 0.0) -> np.ndarr
 
 
 def default_reward(accuracy, latency, budget, complexity=None, violation_penalty: float = 2.0,
-                   latency_cost: float = 0.0, violation_cost: float = 0.0) -> np.ndarray:
-    """accuracy - violation_penalty * max(0, L - B) / B - latency_cost * L / B - violation_cost * [L > B]."""
+                   latency_cost: float = 0.0, violation_cost: float = 0.0, spend_bonus: float = 0.0) -> np.ndarray:
+    """accuracy - violation_penalty * max(0, L - B) / B - latency_cost * L / B - violation_cost * [L > B]
+    + spend_bonus * min(L, B) / B.
+
+    `spend_bonus` > 0 says that time under the budget is free: where the sampled answers cannot tell two
+    settings apart (both right), the one that uses more of the budget, and so more of the model, is preferred.
+    Without it a loose budget gives such groups no signal, and the cheap habits learnt at tight budgets carry
+    over (the controller under-spends)."""
     accuracy, latency, budget = (np.asarray(x, dtype=float) for x in (accuracy, latency, budget))
     over = np.maximum(0.0, latency - budget) / budget
-    return accuracy - violation_penalty * over - latency_cost * latency / budget - violation_cost * (latency > budget)
+    used = np.minimum(latency, budget) / budget
+    return (accuracy - violation_penalty * over - latency_cost * latency / budget - violation_cost * (latency > budget)
+            + spend_bonus * used)
 
 
 def seed_reward(accuracy, latency, budget, complexity, alpha: float = 1.0, beta: float = 0.5, gamma: float = 10.0,
@@ -43,7 +51,7 @@ def seed_reward(accuracy, latency, budget, complexity, alpha: float = 1.0, beta:
 def make_reward(cfg) -> RewardFn:
     if cfg.name == "default":
         return lambda a, lat, b, c=None: default_reward(a, lat, b, c, cfg.violation_penalty, cfg.latency_cost,
-                                                                cfg.violation_cost)
+                                                        cfg.violation_cost, cfg.spend_bonus)
     if cfg.name == "seed":
         return lambda a, lat, b, c: seed_reward(a, lat, b, c, cfg.alpha, cfg.beta, cfg.gamma, cfg.delta, cfg.epsilon)
     raise ValueError(f"reward.name={cfg.name!r} is unknown; use default or seed")

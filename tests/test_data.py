@@ -24,12 +24,60 @@ def test_extra_questions_share_the_image_and_keep_the_first_question():
     assert all(np.array_equal(s.image, first.image) for s in group)
 
 
-def test_every_question_type_occurs_and_answers_are_single_known_words():
-    samples = GridVQA().split("train", 400)
+@pytest.mark.parametrize("grid", [8, 12])
+def test_every_question_type_occurs_and_answers_are_single_known_words(grid):
+    gen = GridVQA(mix=dict.fromkeys(QUESTION_TYPES, 1.0), grid=grid, odd_squares=(1, 2))
+    samples = gen.split("train", 600)
     assert {s.qtype for s in samples} == set(QUESTION_TYPES)
-    vocab = set(vocabulary())
+    vocab = set(vocabulary(grid))
+    assert all(set(s.question.split()) <= vocab for s in samples)
     assert all(s.answer in vocab and len(s.answer.split()) == 1 for s in samples)
-    assert samples[0].image.shape == (64, 64, 3) and samples[0].image.dtype == np.uint8
+    assert samples[0].image.shape == (8 * grid, 8 * grid, 3) and samples[0].image.dtype == np.uint8
+
+
+def _colour_at(gen, image, row, col):
+    """The colour name of the cell (row, col) of a noise-free image."""
+    pixel = image[row * gen.cell_px + gen.cell_px // 2, col * gen.cell_px + gen.cell_px // 2]
+    return gen.colour_names[[tuple(c) for c in gen.palette.tolist()].index(tuple(int(v) for v in pixel))]
+
+
+def _quadrant_colours(gen, image):
+    """Each quadrant's most frequent cell colour, read off the image."""
+    out = []
+    for q in range(4):
+        r0, c0 = (q // 2) * gen.half, (q % 2) * gen.half
+        names = [_colour_at(gen, image, r, c) for r in range(r0, r0 + gen.half) for c in range(c0, c0 + gen.half)]
+        out.append(max(set(names), key=names.count))
+    return out
+
+
+def test_square_code_and_chain_answers_match_the_image():
+    from grpo_ctrl.data.synthetic import QUADRANTS, code_token
+    gen = GridVQA(noise=0, grid=12, odd_squares=(1, 2), mix={"square": 1, "code": 1, "chain": 1})
+    seen = set()
+    for s in gen.split("val", 150):
+        words, seen = s.question.split(), seen | {s.qtype}
+        quadrants = _quadrant_colours(gen, s.image)
+        if s.qtype == "square":
+            r, c = (int(v) for v in words[-1][1:].split("c"))
+            names = [_colour_at(gen, s.image, 2 * r + i, 2 * c + j) for i in (0, 1) for j in (0, 1)]
+            assert names.count(s.answer) >= 3
+        elif s.qtype == "code":
+            key, q = int(words[5][1:]), QUADRANTS.index(words[8])
+            assert s.answer == code_token(int(gen.code_table[key, gen.colour_names.index(quadrants[q])]))
+        else:
+            hops, at = int(words[3]), QUADRANTS.index(words[7])
+            for _ in range(hops):
+                at = int(gen.points_to[gen.colour_names.index(quadrants[at])])
+            assert s.answer == quadrants[at]
+    assert seen == {"square", "code", "chain"}
+
+
+def test_the_version_1_task_is_unchanged():
+    """The shipped model's data: the new question types and squares draw nothing from its streams."""
+    s = GridVQA().sample("val", 3)
+    assert (s.question, s.answer, s.qtype) == ("what colour is the topright quadrant", "yellow", "quadrant")
+    assert int(s.image.astype(np.int64).sum()) == 1649021
 
 
 def test_answers_match_the_image():

@@ -96,3 +96,9 @@ def test_accuracy_signal_mixes_score_and_gold_probability():
     # two right answers are told apart by how sure the model was
     right_sure, right_unsure = accuracy_signal([1, 1], [0.99, 0.6], 0.3)
     assert right_sure > right_unsure
+
+
+def test_spend_bonus_prefers_using_the_budget_and_stops_at_it():
+    r = default_reward([1, 1, 1], [40, 90, 110], [100, 100, 100], violation_penalty=2.0, spend_bonus=0.1)
+    assert np.allclose(r, [1 + 0.04, 1 + 0.09, 1 + 0.1 - 2 * 0.1])
+    assert r[1] > r[0] > r[2]  # more of the budget is better, over it is not

@@ -8,7 +8,11 @@ have another colour. Question types, by which knob they stress:
 - ``cell``      colour of one cell, usually an odd one: pooling mixes it with neighbours (needs the
                 high vision tier) but it is a single lookup (shallow);
 - ``same``      do two quadrants share a colour: two lookups plus a comparison (needs depth), coarse;
-- ``count``     how many quadrants have a colour: aggregation over the image (needs depth), coarse.
+- ``count``     how many quadrants have a colour: aggregation over the image (needs depth), coarse;
+- ``code``      the code a fixed table gives a key in the colour of a quadrant: a large associative mapping
+                (needs expert capacity: top-k), coarse;
+- ``chain``     follow a quadrant's colour to the quadrant that colour names, once or twice: a pointer chase
+                (needs all blocks), coarse.
 """
 
 from __future__ import annotations
@@ -26,23 +30,30 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 200, 210),
 }
 QUADRANTS = ("topleft", "topright", "bottomleft", "bottomright")
-QUESTION_TYPES = ("quadrant", "cell", "same", "count")
-DEFAULT_MIX = {"quadrant": 0.2, "cell": 0.35, "same": 0.2, "count": 0.25}
+# Where the pointer chase of a ``chain`` question goes from a quadrant of each colour.
+COLOUR_POINTS_TO = {"red": 0, "green": 1, "blue": 2, "yellow": 3, "purple": 1, "cyan": 2}
+QUESTION_TYPES = ("quadrant", "cell", "square", "same", "count", "code", "chain")
+DEFAULT_MIX = {"quadrant": 0.2, "cell": 0.35, "same": 0.2, "count": 0.25, "square": 0.0, "code": 0.0,
+               "chain": 0.0}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
-GRID = 8
-CELL_PX = 8
-IMAGE_PX = GRID * CELL_PX
-HALF = GRID // 2
+GRID = 8  # cells per side
+CELL_PX = 8  # the embedded VLM's patches are cells
+CODE_KEYS = 64
+CODES = 32
+CHAIN_HOPS = (1, 2)
 
 
-def vocabulary() -> list[str]:
+def vocabulary(grid: int = GRID) -> list[str]:
     """Every word a question or answer can contain (the tokenizer is built from it)."""
     words = ["what", "colour", "is", "the", "quadrant", "cell", "are", "and", "quadrants", "same"]
     words += ["how", "many", "yes", "no"]
     words += list(COLOURS) + list(QUADRANTS)
-    words += [cell_token(r, c) for r in range(GRID) for c in range(GRID)]
+    words += [cell_token(r, c) for r in range(grid) for c in range(grid)]
+    words += ["square"] + [square_token(r, c) for r in range(grid // 2) for c in range(grid // 2)]
     words += [str(i) for i in range(len(QUADRANTS) + 1)]
+    words += ["code", "of", "in", "which", "steps", "from", "step"]
+    words += [key_token(i) for i in range(CODE_KEYS)] + [code_token(i) for i in range(CODES)]
     return list(dict.fromkeys(words))
 
 
@@ -51,9 +62,22 @@ def cell_token(row: int, col: int) -> str:
     return f"r{row}c{col}"
 
 
-def _quadrant_cells(q: int) -> tuple[slice, slice]:
+def square_token(row: int, col: int) -> str:
+    """One word per aligned 2x2 square of cells."""
+    return f"s{row}c{col}"
+
+
+def key_token(i: int) -> str:
+    return f"k{i}"
+
+
+def code_token(i: int) -> str:
+    return f"z{i}"
+
+
+def _quadrant_cells(q: int, half: int) -> tuple[slice, slice]:
     r, c = divmod(q, 2)
-    return slice(r * HALF, (r + 1) * HALF), slice(c * HALF, (c + 1) * HALF)
+    return slice(r * half, (r + 1) * half), slice(c * half, (c + 1) * half)
 
 
 class GridSplit(Split):
@@ -72,7 +96,7 @@ class GridVQA:
     sample's `meta["cells"]` holds the colour index of every grid cell. One gold answer, one word."""
 
     def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, odd_cells: tuple[int, int] = (2, 4),
-                 noise: int = 16):
+                 noise: int = 16, grid: int = GRID, cell_px: int = CELL_PX, odd_squares: tuple[int, int] = (0, 0)):
         mix = dict(DEFAULT_MIX if mix is None else mix)
         unknown = set(mix) - set(QUESTION_TYPES)
         if unknown:
@@ -80,13 +104,22 @@ class GridVQA:
         total = sum(mix.values())
         if total <= 0:
             raise ValueError("data.mix weights must sum to a positive number")
+        if grid < 2 or grid % 2:
+            raise ValueError(f"data.grid={grid}: use an even number of cells per side")
+        if max(odd_squares) > 0 and grid % 4:
+            raise ValueError(f"data.odd_squares needs data.grid divisible by 4 (squares tile quadrants); got {grid}")
         self.seed = seed
+        self.grid, self.half, self.cell_px = grid, grid // 2, cell_px
+        self.odd_squares = odd_squares
         self.types = list(mix)
         self.probs = np.array([mix[t] for t in self.types], dtype=float) / total
         self.odd_cells = odd_cells
         self.noise = noise
         self.colour_names = list(COLOURS)
         self.palette = np.array(list(COLOURS.values()), dtype=np.int16)
+        # The task's fixed key x colour -> code table (the same in every split; a function of the seed).
+        self.code_table = np.random.default_rng([seed, 99]).integers(CODES, size=(CODE_KEYS, len(COLOURS)))
+        self.points_to = np.array([COLOUR_POINTS_TO[c] for c in self.colour_names])
 
     def sample(self, split: str, index: int) -> VQASample:
         return self.image_questions(split, index, 1)[0]
@@ -95,12 +128,12 @@ class GridVQA:
         """Image `index` of `split` with `n` questions about it; the first is `sample(split, index)`."""
         check_split_name(split)
         rng = np.random.default_rng([self.seed, SPLIT_SEEDS[split], index])
-        grid, dominant = self._grid(rng)
+        grid, dominant, odd = self._grid(rng)
         image = self._render(rng, grid)
         samples = []
         for _ in range(n):
             qtype = self.types[rng.choice(len(self.types), p=self.probs)]
-            question, answer = getattr(self, f"_ask_{qtype}")(rng, grid, dominant)
+            question, answer = getattr(self, f"_ask_{qtype}")(rng, grid, dominant, odd)
             samples.append(VQASample(image, question, (answer,), qtype, {"cells": grid}))
         return samples
 
@@ -112,42 +145,66 @@ class GridVQA:
                             f"set data.{name}_size")
         return GridSplit(self, name, size, start)
 
-    def _grid(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _grid(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Cell colours, quadrant colours, and where the odd squares and odd single cells are."""
         n_col = len(self.colour_names)
         dominant = rng.integers(n_col, size=4)
         # Make "same" questions balanced: half the images repeat a quadrant colour on purpose.
         if rng.random() < 0.5:
             a, b = rng.choice(4, size=2, replace=False)
             dominant[b] = dominant[a]
-        grid = np.empty((GRID, GRID), dtype=np.int64)
+        grid = np.empty((self.grid, self.grid), dtype=np.int64)
+        half = self.half
+        squares = np.zeros((half, half), dtype=bool)  # on the grid of 2x2 squares
+        single = np.zeros_like(grid, dtype=bool)
         for q in range(4):
-            rows, cols = _quadrant_cells(q)
+            rows, cols = _quadrant_cells(q, half)
             grid[rows, cols] = dominant[q]
+            others = [k for k in range(n_col) if k != dominant[q]]
+            taken = np.zeros((half, half), dtype=bool)
+            if max(self.odd_squares) > 0:  # (v1 data draws nothing here, so its streams stay as they were)
+                n_sq = rng.integers(self.odd_squares[0], self.odd_squares[1] + 1)
+                for flat in rng.choice((half // 2) ** 2, size=n_sq, replace=False):
+                    r, c = divmod(int(flat), half // 2)
+                    grid[rows.start + 2 * r:rows.start + 2 * r + 2, cols.start + 2 * c:cols.start + 2 * c + 2] = \
+                        rng.choice(others)
+                    squares[rows.start // 2 + r, cols.start // 2 + c] = True
+                    taken[2 * r:2 * r + 2, 2 * c:2 * c + 2] = True
+            free = np.flatnonzero(~taken.ravel())
             n_odd = rng.integers(self.odd_cells[0], self.odd_cells[1] + 1)
-            for flat in rng.choice(HALF * HALF, size=n_odd, replace=False):
-                r, c = divmod(int(flat), HALF)
-                others = [k for k in range(n_col) if k != dominant[q]]
+            for flat in rng.choice(free, size=n_odd, replace=False):
+                r, c = divmod(int(flat), half)
                 grid[rows.start + r, cols.start + c] = rng.choice(others)
-        return grid, dominant
+                single[rows.start + r, cols.start + c] = True
+        return grid, dominant, {"cells": single, "squares": squares}
 
     def _render(self, rng: np.random.Generator, grid: np.ndarray) -> np.ndarray:
-        img = self.palette[grid].repeat(CELL_PX, axis=0).repeat(CELL_PX, axis=1)
+        img = self.palette[grid].repeat(self.cell_px, axis=0).repeat(self.cell_px, axis=1)
         img = img + rng.integers(-self.noise, self.noise + 1, size=img.shape)
         return np.clip(img, 0, 255).astype(np.uint8)
 
-    def _ask_quadrant(self, rng, grid, dominant):
+    def _ask_quadrant(self, rng, grid, dominant, odd):
         q = int(rng.integers(4))
         return f"what colour is the {QUADRANTS[q]} quadrant", self.colour_names[dominant[q]]
 
-    def _ask_cell(self, rng, grid, dominant):
-        odd = np.argwhere(grid != np.kron(dominant.reshape(2, 2), np.ones((HALF, HALF), dtype=np.int64)))
+    def _ask_cell(self, rng, grid, dominant, odd):
+        cells = np.argwhere(odd["cells"])
         if rng.random() < 0.8:
-            r, c = odd[rng.integers(len(odd))]
+            r, c = cells[rng.integers(len(cells))]
         else:
-            r, c = rng.integers(GRID, size=2)
+            r, c = rng.integers(self.grid, size=2)
         return f"what colour is cell {cell_token(r, c)}", self.colour_names[grid[r, c]]
 
-    def _ask_same(self, rng, grid, dominant):
+    def _ask_square(self, rng, grid, dominant, odd):
+        squares = np.argwhere(odd["squares"])
+        if len(squares) and rng.random() < 0.8:
+            r, c = squares[rng.integers(len(squares))]
+        else:
+            r, c = rng.integers(self.half, size=2)
+        colours = np.bincount(grid[2 * r:2 * r + 2, 2 * c:2 * c + 2].ravel(), minlength=len(self.colour_names))
+        return f"what colour is square {square_token(r, c)}", self.colour_names[int(colours.argmax())]
+
+    def _ask_same(self, rng, grid, dominant, odd):
         same_pairs = [(a, b) for a in range(4) for b in range(a + 1, 4) if dominant[a] == dominant[b]]
         diff_pairs = [(a, b) for a in range(4) for b in range(a + 1, 4) if dominant[a] != dominant[b]]
         pool = same_pairs if (same_pairs and (rng.random() < 0.5 or not diff_pairs)) else diff_pairs
@@ -157,8 +214,21 @@ class GridVQA:
         answer = "yes" if dominant[a] == dominant[b] else "no"
         return f"are the {QUADRANTS[a]} and {QUADRANTS[b]} quadrants the same colour", answer
 
-    def _ask_count(self, rng, grid, dominant):
+    def _ask_count(self, rng, grid, dominant, odd):
         present = sorted(set(int(d) for d in dominant))
         colour = present[rng.integers(len(present))] if rng.random() < 0.85 else int(rng.integers(len(self.palette)))
         count = int((dominant == colour).sum())
         return f"how many quadrants are {self.colour_names[colour]}", str(count)
+
+    def _ask_code(self, rng, grid, dominant, odd):
+        key, q = int(rng.integers(CODE_KEYS)), int(rng.integers(4))
+        return (f"what is the code of {key_token(key)} in the {QUADRANTS[q]} quadrant",
+                code_token(int(self.code_table[key, dominant[q]])))
+
+    def _ask_chain(self, rng, grid, dominant, odd):
+        q, hops = int(rng.integers(4)), int(rng.choice(CHAIN_HOPS))
+        at = q
+        for _ in range(hops):
+            at = int(self.points_to[dominant[at]])
+        step = "step" if hops == 1 else "steps"
+        return f"which colour is {hops} {step} from the {QUADRANTS[q]} quadrant", self.colour_names[dominant[at]]
