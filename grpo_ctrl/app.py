@@ -199,15 +199,14 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, vlm, data,
         trainer.tracker = NullTracker()
     try:
         controller_report = trainer.fit()
+        statics = static_settings(trainer, val_latency, None if cfg.latency.val == "estimator" else 16)
         report = None
         if ctx.is_main:
             torch.save({"state_dict": controller.state_dict(), "knob_space": vlm.knob_space.to_dict(),
                         "reference_latency_ms": trainer.ref_ms,
                         "cheapest_latency_ms": trainer.median_latency(vlm.knob_space.cheapest),
                         "config": resolved}, run_dir / "controller.pt")
-            n_timed = None if cfg.latency.val == "estimator" else 16
-            report = build_report(controller_report, static_settings(trainer, val_latency, n_timed), trainer.ref_ms,
-                                  seed=cfg.seed)
+            report = build_report(controller_report, statics, trainer.ref_ms, seed=cfg.seed)
             report["latency_source"] = cfg.latency.val
             json_path, png_path = write_report(report, run_dir)
             print(summary(report))

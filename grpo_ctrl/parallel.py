@@ -28,6 +28,15 @@ class ParallelContext:
         """This rank's items, strided, without the padding duplicates of DistributedSampler."""
         return list(items[self.rank::self.world_size])
 
+    def unshard(self, mine: Sequence) -> list:
+        """The inverse of `shard`: every rank's share (one value per item of its shard) put back in item order, on
+        every rank."""
+        parts = self.all_gather_objects(list(mine))
+        out: list = [None] * sum(map(len, parts))
+        for rank, part in enumerate(parts):
+            out[rank::self.world_size] = part
+        return out
+
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return values
 

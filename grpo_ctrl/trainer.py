@@ -194,23 +194,20 @@ class JointGRPOTrainer:
         ref_ms = self.ref_ms
         if measure_reference:
             ref_ms = float(np.median(np.concatenate(self.ctx.all_gather_objects(lat[len(pairs):]))))
-        rows = [(frac, str(k), o.score, measured[(p.key, k)], p.key)
-                for frac, (knobs, outcomes) in chosen.items() for p, k, o in zip(shard, knobs, outcomes)]
-        rows = [r for part in self.ctx.all_gather_objects(rows) for r in part]
+        # Per val prompt, in val-pool order (for paired comparisons): its (knobs, score, latency) at each budget.
+        rows = self.ctx.unshard([[(str(knobs[i]), outcomes[i].score, measured[(p.key, knobs[i])])
+                                  for knobs, outcomes in chosen.values()] for i, p in enumerate(shard)])
         report = {}
-        for value in self.cfg.budgets.val:
-            mine = [r for r in rows if r[0] == value]
-            score_of = {r[4]: r[2] for r in mine}
-            scores = [score_of[p.key] for p in self.val_pool]  # in val-pool order, for paired comparisons
-            lat = np.array([r[3] for r in mine])
+        for j, value in enumerate(chosen):
+            knobs, scores, lat = zip(*(row[j] for row in rows))
+            scores, lat = np.array(scores), np.array(lat)
             budget = float(BudgetScale(self.cfg.budgets.unit, ref_ms).ms(value))
             report[f"{value:g}"] = {
-                "budget_ms": budget, "reference_ms": ref_ms, "accuracy": float(np.mean(scores)),
+                "budget_ms": budget, "reference_ms": ref_ms, "accuracy": float(scores.mean()),
                 "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p90_ms": float(np.percentile(lat, 90)),
                 "violation_rate": float((lat > budget).mean()),
-                "budgeted_accuracy": float(np.mean([r[2] * (r[3] <= budget) for r in mine])),
-                "knobs": dict(Counter(r[1] for r in mine).most_common()), "n": len(mine),
-                "scores": scores,
+                "budgeted_accuracy": float((scores * (lat <= budget)).mean()),
+                "knobs": dict(Counter(knobs).most_common()), "n": len(scores), "scores": scores.tolist(),
             }
         return report
 

@@ -47,13 +47,13 @@ def test_torchrun_two_ranks_equal_one_rank_with_the_same_global_batch(tiny_model
     report = json.loads((tmp_path / "val_report.json").read_text())
     for budget in report["budgets"].values():  # sharded eval: each of the 10 val prompts counted once
         assert sum(budget["controller"]["knobs"].values()) == 10
-    # the gathered shards are put back in prompt order: the per-prompt comparison with the best static
-    # setting is the one-rank run's
+    # the static settings are sharded too, and the gathered shards are put back in prompt order: the static
+    # baselines, their cross-fitted accuracy (halves by prompt position) and the per-prompt comparison with the
+    # controller are the one-rank run's
     single = json.loads((single_run / "val_report.json").read_text())
+    assert report["static_settings"] == single["static_settings"]
     for frac, budget in report["budgets"].items():
-        if budget["best_static"]:
-            assert (budget["best_static"]["controller_minus_static"]
-                    == single["budgets"][frac]["best_static"]["controller_minus_static"])
+        assert budget["best_static"] == single["budgets"][frac]["best_static"]
 
 
 def test_self_launched_ddp_writes_one_run_dir_from_rank_0(tiny_model_dir, single_run, tmp_path):
@@ -129,6 +129,40 @@ def test_each_rank_expands_whole_groups_of_its_own_prompts(tiny_model_dir):
         assert len(keys) == 2 * 3 and all(keys[i] == keys[i - i % 3] for i in range(6))
         seen[rank] = set(keys)
     assert not seen[0] & seen[1]
+
+
+class MirroredRanks(ParallelContext):
+    """One rank of several, in one process: every other rank's share looks like this one's."""
+
+    def all_gather_objects(self, obj) -> list:
+        return [obj] * self.world_size
+
+
+def test_static_baselines_answer_only_this_ranks_share_of_the_val_prompts(tiny_model_dir):
+    from test_train import small_cfg
+
+    from grpo_ctrl.app import build_data, build_vlm
+    from grpo_ctrl.controller import build_controller
+    from grpo_ctrl.latency import make_latency_provider
+    from grpo_ctrl.reward import make_reward
+    from grpo_ctrl.rollout import Prompt, RolloutEngine
+    from grpo_ctrl.statics import static_settings
+    from grpo_ctrl.trainer import JointGRPOTrainer
+
+    cfg = small_cfg(tiny_model_dir)
+    vlm, data = build_vlm(cfg.model), build_data(cfg.data)
+    engine, asked = RolloutEngine(vlm), set()
+    original = engine.run
+    engine.run = lambda prompts, knobs: asked.update(p.key for p in prompts) or original(prompts, knobs)
+    val = [Prompt(("val", i), data.sample("val", i)) for i in range(6)]
+    est = make_latency_provider("estimator", vlm, cfg.latency)
+    trainer = JointGRPOTrainer(cfg, engine, build_controller(cfg.controller, vlm.knob_space, 64, 64), est, est,
+                               make_reward(cfg.reward), val, val, Path("/tmp/unused"), MirroredRanks(1, 2))
+    trainer.start()
+    asked.clear()
+    statics = static_settings(trainer, est)
+    assert asked == {p.key for p in val[1::2]}
+    assert len(statics["settings"]) == 27 and all(len(s["scores"]) == 6 for s in statics["settings"])
 
 
 def test_dp_with_cpu_replicas_matches_single(tiny_model_dir, single_run, tmp_path):
