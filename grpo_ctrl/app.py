@@ -15,10 +15,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.build import build_data, build_vlm, inspect_model
-from grpo_ctrl.checkpoint import CHECKPOINT, CheckpointError, read_checkpoint
+from grpo_ctrl.checkpoint import CHECKPOINT, CheckpointError, architecture, check_architecture, read_checkpoint
 from grpo_ctrl.config import ConfigError, validate
 from grpo_ctrl.controller import build_controller
 from grpo_ctrl.data import DataError
+from grpo_ctrl.job import JobInfo
 from grpo_ctrl.knobs import KnobError
 from grpo_ctrl.latency import EstimatorError, make_latency_provider
 from grpo_ctrl.latency.providers import load_estimator
@@ -64,14 +65,13 @@ def exit_on_config_error(cfg: DictConfig, world_size: int = 1) -> None:
 
 
 def preflight(cfg: DictConfig, run_dir: Path | None = None) -> ModelDir:
-    """What the inputs alone show, before any weight loads: the device, the checkpoint a resume would read, the
-    data source and its train / val splits, the model directory, its family and knob space, and the latency
-    estimator the config asks for (it must be this model's). One line and exit 2 on a problem."""
+    """What the inputs alone show, before any weight loads and before anything in the run dir changes: the device,
+    the data source and its train / val splits, the model directory, its family and knob space, the latency
+    estimator the config asks for (it must be this model's), and the checkpoint a resume would read (it must fit
+    this config's controller, knob space and model). One line and exit 2 on a problem."""
     try:
         check_device(cfg.model.device if cfg.model.device_map is None else "cpu")
-        if run_dir is not None and cfg.resume and (run_dir / CHECKPOINT).exists():
-            read_checkpoint(run_dir / CHECKPOINT)
-    except (ConfigError, CheckpointError) as err:
+    except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
     try:
@@ -86,6 +86,13 @@ def preflight(cfg: DictConfig, run_dir: Path | None = None) -> ModelDir:
     except (ModelDirError, KnobError, EstimatorError) as err:
         print(f"model error: {err}", file=sys.stderr)
         sys.exit(2)
+    if cfg.resume and run_dir is not None and (run_dir / CHECKPOINT).exists():
+        try:
+            check_architecture(run_dir / CHECKPOINT, read_checkpoint(run_dir / CHECKPOINT),
+                               architecture(cfg.controller, spec.knob_space, model_signature(spec.config)))
+        except CheckpointError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            sys.exit(2)
     return spec
 
 
@@ -109,13 +116,14 @@ def run(cfg: DictConfig) -> None:
     exit_on_config_error(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     preflight(cfg, run_dir)
+    job = JobInfo.from_hydra()
     if cfg.parallel.name == "ddp":
-        run_ddp(cfg, run_dir)
+        run_ddp(cfg, run_dir, job)
     else:
-        train(cfg, run_dir, ParallelContext())
+        train(cfg, run_dir, ParallelContext(), job)
 
 
-def run_ddp(cfg: DictConfig, run_dir: Path) -> None:
+def run_ddp(cfg: DictConfig, run_dir: Path, job: JobInfo) -> None:
     """Under torchrun or SLURM, join the job as this rank; otherwise start `parallel.nproc` workers here."""
     launcher = launcher_environment()
     if launcher is None:
@@ -124,27 +132,21 @@ def run_ddp(cfg: DictConfig, run_dir: Path) -> None:
         port = free_port()
         container = OmegaConf.to_container(cfg, resolve=True)
         # Workers that raise bring the others down; the first error is re-raised here.
-        mp.start_processes(_ddp_worker, args=(container, str(run_dir), nproc, port), nprocs=nproc,
+        mp.start_processes(_ddp_worker, args=(container, str(run_dir), job, nproc, port), nprocs=nproc,
                            start_method="spawn")
         return
     if launcher == "slurm":
         export_slurm_environment()
-    _ddp_rank(cfg, run_dir)
+    _ddp_rank(cfg, run_dir, job)
 
 
-def _ddp_worker(local_rank: int, container: dict, run_dir: str, nproc: int, port: int) -> None:
+def _ddp_worker(local_rank: int, container: dict, run_dir: str, job: JobInfo, nproc: int, port: int) -> None:
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    try:
-        _ddp_rank(OmegaConf.create(container), Path(run_dir))
-    except Exception:
-        # The parent re-raises the first failure it notices, which can be another rank's consequence (a
-        # collective that lost its peer): every rank prints its own error, so the cause is always shown.
-        print(f"[rank {local_rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
-        raise
+    _ddp_rank(OmegaConf.create(container), Path(run_dir), job)
 
 
-def _ddp_rank(cfg: DictConfig, run_dir: Path) -> None:
+def _ddp_rank(cfg: DictConfig, run_dir: Path, job: JobInfo) -> None:
     ctx = DistributedContext(cfg.parallel.backend, cfg.model.device)
     try:
         exit_on_config_error(cfg, world_size=ctx.world_size)
@@ -154,12 +156,18 @@ def _ddp_rank(cfg: DictConfig, run_dir: Path) -> None:
     # Every rank writes under rank 0's run dir (each torchrun rank's Hydra may have picked its own).
     run_dir = Path(ctx.broadcast_object(str(run_dir)))
     try:
-        train(cfg, run_dir, ctx)
+        train(cfg, run_dir, ctx, job)
+    except Exception:
+        # A launcher reports one rank's failure, which can be another's consequence (a collective that lost its
+        # peer): our own workers' parent re-raises the first it notices, Hydra's submitit launcher returns task
+        # 0's. Every rank prints its own error, so the cause is always shown (under Slurm: in that task's log).
+        print(f"[rank {ctx.rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
+        raise
     finally:
         ctx.close()
 
 
-def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
+def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobInfo = JobInfo()) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -172,12 +180,13 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext) -> dict:
     engine = RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens, replicas=replicas, workers=workers,
                            scoring=scoring)
     try:
-        return _train_with(cfg, run_dir, ctx, vlm, data, engine)
+        return _train_with(cfg, run_dir, ctx, job, vlm, data, engine)
     finally:
         engine.close()
 
 
-def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, vlm, data, engine: RolloutEngine) -> dict:
+def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobInfo, vlm, data,
+                engine: RolloutEngine) -> dict:
     dim = vlm.feature_dim
     controller = build_controller(cfg.controller, vlm.knob_space, question_dim=dim, vision_dim=dim)
     train_latency = make_latency_provider(cfg.latency.train, vlm, cfg.latency)
@@ -189,12 +198,14 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, vlm, data,
                                train_pool, val_pool, run_dir, ctx)
     resumed = trainer.start()
     if ctx.is_main:
+        # Nothing of the run's own changes before this point, where its checkpoint (if any) is loaded: metrics.jsonl
+        # is cut back to the checkpoint's step, config.yaml rewritten.
+        trainer.tracker = Tracker(run_dir, cfg.logger, resolved, name=job.run_name(run_dir), start_step=trainer.step,
+                                  wandb_run_id=trainer.wandb_run_id, group=job.sweep_dir)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         n_params = sum(p.numel() for p in controller.parameters())
         print(f"run dir: {run_dir}\ncontroller: {n_params} parameters; reference (full-knob) latency "
               f"{trainer.ref_ms:.2f} ms" + (f"; resumed at step {trainer.step}" if resumed else ""), flush=True)
-        trainer.tracker = Tracker(run_dir, cfg.logger, resolved, name=run_dir.name,
-                                  resume_step=trainer.step if resumed else None)
     else:
         trainer.tracker = NullTracker()
     try:
@@ -207,7 +218,8 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, vlm, data,
                         "cheapest_latency_ms": trainer.median_latency(vlm.knob_space.cheapest),
                         "config": resolved}, run_dir / "controller.pt")
             report = build_report(controller_report, statics, trainer.ref_ms, seed=cfg.seed)
-            report["latency_source"] = cfg.latency.val
+            report.update(latency_source=cfg.latency.val, overrides=list(job.overrides),
+                          timing=trainer.timing_report())
             json_path, png_path = write_report(report, run_dir)
             print(summary(report))
             print(f"outputs: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  controller: "

@@ -1,4 +1,4 @@
-"""Atomic, resumable checkpoints: controller, optimizer, RNG states and step."""
+"""Atomic, resumable checkpoints: controller, optimizer, RNG states and step, and the architecture they fit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 
 def rng_state() -> dict[str, Any]:
@@ -43,10 +44,32 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}); delete it or set "
                               "resume=false to start over") from None
-    if not isinstance(state, dict) or "rng" not in state or "step" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a grpo-ctrl checkpoint; delete it or set resume=false to "
-                              "start over")
+    if not isinstance(state, dict) or not {"rng", "step", "architecture"} <= state.keys():
+        raise CheckpointError(f"checkpoint {path} is not a grpo-ctrl checkpoint (or one from before architectures "
+                              "were saved); delete it or set resume=false to start over")
     return state
+
+
+def architecture(controller_cfg, knob_space, model_signature: dict) -> dict[str, dict]:
+    """What a checkpoint resumes only with, keyed like the config where it can be: the model it learned to drive
+    (`grpo_ctrl.vlm.adapter.model_signature`), the knob values its heads index, and the controller's shape. A
+    different model is named first: it changes the others too."""
+    return {"model": dict(model_signature), "model.knobs": knob_space.to_dict(),
+            "controller": OmegaConf.to_container(controller_cfg)}
+
+
+def check_architecture(path: Path, state: dict[str, Any], current: dict[str, dict]) -> None:
+    """Raise CheckpointError naming the first setting in which the checkpoint's architecture and this run's
+    differ."""
+    saved = state["architecture"]
+    for section in current:
+        old_section = saved.get(section, {})
+        for key in dict.fromkeys([*current[section], *old_section]):
+            old, new = old_section.get(key), current[section].get(key)
+            if old != new:
+                raise CheckpointError(f"checkpoint {path} was trained with {section}.{key}={old}, this run has "
+                                      f"{section}.{key}={new}; resume with the same setting, or start over with "
+                                      "resume=false or another run dir")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ inputs and vision tokens per (prompt, tier), memoising outcomes across steps, an
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from grpo_ctrl.data import Split, VQASample, extract_answer, get_metric
 from grpo_ctrl.data.source import LazySequence
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency.base import intra_op_threads
+from grpo_ctrl.preemption import STOP_SIGNALS
 from grpo_ctrl.vlm import VLMAdapter
 
 
@@ -88,6 +90,10 @@ _worker_vlm: VLMAdapter | None = None
 def _start_worker(vlm: VLMAdapter) -> None:
     global _worker_vlm
     torch.set_num_threads(1)
+    # Slurm signals every process of a job step: the trainer stops at its next step boundary, which needs
+    # the workers alive until then (it shuts them down itself).
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     _worker_vlm = vlm
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import signal
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -13,13 +14,14 @@ import torch
 from tqdm import tqdm
 
 from grpo_ctrl.budget import BudgetScale, warn_unreachable
-from grpo_ctrl.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from grpo_ctrl.checkpoint import CHECKPOINT, architecture, load_checkpoint, save_checkpoint
 from grpo_ctrl.controller import TwoStageController
 from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import Request
 from grpo_ctrl.parallel import ParallelContext
 from grpo_ctrl.policy import GreedyPolicy, greedy_knobs
+from grpo_ctrl.preemption import StopSignals
 from grpo_ctrl.reward import RewardFn, accuracy_signal
 from grpo_ctrl.rollout import Outcome, Prompt, RolloutEngine
 
@@ -60,6 +62,9 @@ class JointGRPOTrainer:
         self.ckpt_path = self.run_dir / CHECKPOINT
         self.tracker = tracker
         self.step = 0
+        # Over every segment of a resumed run: the loop's wall time, the steps' own time, rollouts done.
+        self.timing = {"wall_s": 0.0, "step_s": 0.0, "rollouts": 0}
+        self.wandb_run_id: str | None = None  # the run a resumed job logs to again (from the checkpoint)
         self.ref_ms: float | None = None  # set by start(): resumed, or measured
         self.scale: BudgetScale | None = None
 
@@ -226,7 +231,10 @@ class JointGRPOTrainer:
         if self.ctx.is_main:
             save_checkpoint(self.ckpt_path, step=self.step, controller=self.controller.state_dict(),
                             optimizer=self.opt.state_dict(), ref_ms=self.ref_ms,
-                            ref=self.ref.state_dict() if self.ref is not None else None)
+                            ref=self.ref.state_dict() if self.ref is not None else None,
+                            architecture=architecture(self.cfg.controller, self.space, self.engine.vlm.signature),
+                            timing=self.timing,
+                            wandb_run_id=self.tracker.wandb_run_id if self.tracker is not None else None)
         self.ctx.barrier()
 
     def maybe_resume(self) -> bool:
@@ -239,27 +247,51 @@ class JointGRPOTrainer:
             self.ref.load_state_dict(state["ref"])
         self.ref_ms = state["ref_ms"]
         self.step = state["step"]
+        self.timing = state["timing"]
+        self.wandb_run_id = state["wandb_run_id"]
         return True
+
+    def timing_report(self) -> dict:
+        return {"train_wall_s": self.timing["wall_s"], "rollouts": self.timing["rollouts"],
+                "rollouts_per_s": self.timing["rollouts"] / self.timing["step_s"] if self.timing["step_s"] else None}
 
     # ------------------------------------------------------------ loop
     def fit(self) -> dict:
+        """Train to `cfg.steps`. A stop signal (preemption, requeue, time limit) ends the run at the next step
+        boundary, after a checkpoint there (see `grpo_ctrl.preemption`)."""
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", disable=not (cfg.progress and self.ctx.is_main),
                    dynamic_ncols=True)
         report = None
-        while self.step < cfg.steps:
-            metrics = self.train_step(self.step)
-            self.step += 1
-            last = self.step == cfg.steps
-            if self.step % cfg.val_every == 0 or last:
-                report = self.validate()
-                metrics.update(self.flat_val_metrics(report))
-            if self.tracker is not None:
-                self.tracker.log(metrics, self.step)
-            if self.step % cfg.ckpt_every == 0 or last:
-                self.save()
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}", acc=f"{metrics['train/accuracy']:.2f}",
-                            viol=f"{metrics['train/violation_rate']:.2f}")
+        with StopSignals() as stop:
+            while self.step < cfg.steps:
+                started = time.perf_counter()
+                metrics = self.train_step(self.step)
+                self.step += 1
+                last = self.step == cfg.steps
+                if self.step % cfg.val_every == 0 or last:
+                    report = self.validate()
+                    metrics.update(self.flat_val_metrics(report))
+                if self.tracker is not None:
+                    self.tracker.log(metrics, self.step)
+                self.timing["wall_s"] += time.perf_counter() - started
+                self.timing["step_s"] += metrics["train/step_time_s"]
+                self.timing["rollouts"] += cfg.prompts_per_step * cfg.group_size
+                stop_signal = self._agreed_stop_signal(stop)
+                if self.step % cfg.ckpt_every == 0 or last or stop_signal:
+                    self.save()
+                if stop_signal:
+                    bar.close()
+                    if self.ctx.is_main:
+                        print(f"stopping on {signal.Signals(stop_signal).name} at step {self.step}; checkpoint "
+                              f"{self.ckpt_path} saved", flush=True)
+                    stop.hand_over(stop_signal)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}", acc=f"{metrics['train/accuracy']:.2f}",
+                                viol=f"{metrics['train/violation_rate']:.2f}")
         bar.close()
         return report if report is not None else self.validate()
+
+    def _agreed_stop_signal(self, stop: StopSignals) -> int:
+        """The stop signal any rank has received (0: none), the same on every rank so that all stop together."""
+        return max(self.ctx.all_gather_objects(stop.received or 0))

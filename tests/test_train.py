@@ -171,5 +171,5 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
     from grpo_ctrl.tracking import Tracker
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"ste')
-    Tracker(tmp_path, resume_step=2).finish()
+    Tracker(tmp_path, start_step=2).finish()
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'

@@ -1,6 +1,7 @@
 """train.py with rank 1 raising at its first step: a test helper for the no-hang guarantee.
 
-The patch sits at module level so spawned workers (which re-import this main module) get it too.
+The patch is made at module level, for our own spawned workers (they re-import this main module), and again in
+the task function, which Hydra's submitit launcher pickles by value into every Slurm task.
 """
 
 import os
@@ -10,6 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from grpo_ctrl.config import register_configs  # noqa: E402
 from grpo_ctrl.trainer import JointGRPOTrainer  # noqa: E402
 
 _original = JointGRPOTrainer.train_step
@@ -22,9 +27,16 @@ def _fail_on_rank_1(self, step):
 
 
 JointGRPOTrainer.train_step = _fail_on_rank_1
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="config")
+def main(cfg: DictConfig) -> None:
+    from grpo_ctrl.app import run
+
+    JointGRPOTrainer.train_step = _fail_on_rank_1
+    run(cfg)
+
 
 if __name__ == "__main__":
-    import train
-
-    sys.argv[1:1] = ["--config-path", str(ROOT / "conf")]
-    train.main()
+    main()
