@@ -95,6 +95,9 @@ def test_a_sweep_is_a_job_array_with_its_own_dir_checkpoint_and_wandb_run_per_jo
         assert len(wandb_run_ids(job)) == 1
     array = next((sweep / ".submitit").glob("*_0")).name.split("_")[0]  # <array id>_<task id>
     assert accounted_states(f"{array}_0") == accounted_states(f"{array}_1") == ["COMPLETED"]
+    res = run([sys.executable, "experiments/aggregate_sweep.py", str(sweep)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [line.split(",")[1] for line in (sweep / "sweep.csv").read_text().splitlines()[1::5]] == ["2", "4"]
 
 
 @pytest.fixture(scope="module")
