@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -91,10 +93,18 @@ def _start_worker(vlm: VLMAdapter) -> None:
     global _worker_vlm
     torch.set_num_threads(1)
     # Slurm signals every process of a job step: the trainer stops at its next step boundary, which needs
-    # the workers alive until then (it shuts them down itself).
+    # the workers alive until then (it shuts them down itself). A trainer killed outright cannot: then a worker
+    # leaves on its own (a pool worker would otherwise wait for work forever).
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     _worker_vlm = vlm
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
 
 
 def _to_numpy(tensors: dict[str, torch.Tensor]) -> dict:

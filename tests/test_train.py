@@ -134,9 +134,22 @@ def test_reward_sees_the_gold_probability_mix(tiny_model_dir, weight):
     assert torch.allclose(seen["accuracy"], (1 - weight) * score + weight * gold)
 
 
+def wait_until_gone(pids, timeout: float) -> bool:
+    """Whether every process of `pids` has exited (or is a zombie) within `timeout` seconds."""
+    def alive(pid):
+        stat = Path(f"/proc/{pid}/stat")
+        return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.monotonic() + timeout
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(map(alive, pids))
+
+
 def test_sigkill_between_checkpoints_then_the_same_command_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
-    """kill -9 loses the steps after the last checkpoint; rerunning in the same run dir redoes them with the same
-    outcomes (rollout workers on, as by default), so the controller is the uninterrupted run's bit for bit."""
+    """kill -9 loses the steps after the last checkpoint, and the rollout workers leave too; rerunning in the same
+    run dir redoes the steps with the same outcomes (rollout workers on, as by default), so the controller is the
+    uninterrupted run's bit for bit."""
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "train.py", "model=hf", f"model.path={tiny_model_dir}", "steps=30", "val_every=15",
            "ckpt_every=10",
@@ -151,10 +164,12 @@ def test_sigkill_between_checkpoints_then_the_same_command_matches_an_uninterrup
     metrics, deadline = killed / "metrics.jsonl", time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 13:
+            workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
     assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert len(workers) >= 2 and wait_until_gone(workers, timeout=10)
     logged = len(metrics.read_text().splitlines())
     assert torch.load(killed / "checkpoints" / "last.pt", weights_only=False)["step"] == 10 < logged < 30
 
