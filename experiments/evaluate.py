@@ -10,6 +10,7 @@ the oracle static setting (chosen on test), the per-request oracle (the best any
 knobs and the full model. Outputs JSON, CSV, markdown and a Pareto PNG (`grpo_ctrl.baselines`).
 
     python experiments/evaluate.py run_dir=outputs/<date>/<time> [latency_source=measured] [budgets=8]
+    python experiments/evaluate.py run_dir=... budgets=[0.4,0.55,0.7,0.85,1.0]   # fractions of the full model
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from grpo_ctrl.baselines import Profile, evaluate_budgets, write_outputs
+from grpo_ctrl.baselines import Profile, budget_points, evaluate_budgets, write_outputs
 from grpo_ctrl.build import build_data
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.experiment import LatencyExperiment
@@ -73,8 +74,10 @@ def check(cfg: DictConfig) -> None:
     if cfg.latency_source not in ("measured", "hooked", "estimator"):
         raise ServeError(f"latency_source={cfg.latency_source!r} is unknown; use measured, hooked or estimator")
     sizes = {k: 1 for k in ("test_size", "val_size", "rollout_workers") if cfg[k] is not None}
-    check_minimums(cfg, {"budgets": 2, "repeats": 1, "warmup": 0, "threads": 1, "latency_threads": 1, **sizes},
+    budgets = {"budgets": 0.01} if OmegaConf.is_list(cfg.budgets) else {"budgets": 2}
+    check_minimums(cfg, {**budgets, "repeats": 1, "warmup": 0, "threads": 1, "latency_threads": 1, **sizes},
                    "evaluate.py")
+
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate")
@@ -114,7 +117,8 @@ def main(cfg: DictConfig) -> None:
     # A budget fraction is a fraction of what the full model costs here (measured alongside), as in validation.
     reference = server.scale.reference_ms if cfg.latency_source == "estimator" else full_ms
     low = float(test.mean_latency_ms[settings.index(space.cheapest)])
-    budgets = [float(b) for b in np.linspace(low, float(test.mean_latency_ms.max()), cfg.budgets)]
+    asked = OmegaConf.to_object(cfg.budgets) if OmegaConf.is_list(cfg.budgets) else int(cfg.budgets)
+    budgets = budget_points(asked, low, float(test.mean_latency_ms.max()), reference)
     choices = controller_choices(server, engine, pools["test"], settings, budgets, reference)
     result = evaluate_budgets(test, profiles["val"], budgets, choices, full=space.full, seed=cfg.seed)
     result.update(run_dir=str(cfg.run_dir), latency_source=cfg.latency_source, reference_ms=reference,

@@ -69,6 +69,15 @@ class Profile:
         return self.settings.index(knobs)
 
 
+def budget_points(budgets: int | Sequence[float], cheapest_ms: float, most_ms: float,
+                  reference_ms: float) -> list[float]:
+    """Budgets (ms): `budgets` evenly spaced from the cheapest setting's latency to the largest, or, given a
+    list, those fractions of the full-knob reference."""
+    if isinstance(budgets, int):
+        return [float(b) for b in np.linspace(cheapest_ms, most_ms, budgets)]
+    return [float(f) * reference_ms for f in budgets]
+
+
 def best_static(profile: Profile, budget_ms: float) -> int | None:
     """The most accurate setting whose mean latency fits `budget_ms` (ties: the faster on average), or None when
     none fits. Chosen on val it is the static lookup table a deployment would ship; on test, the static oracle."""

@@ -12,6 +12,7 @@ from grpo_ctrl.baselines import (
     Profile,
     best_static,
     bootstrap_interval,
+    budget_points,
     evaluate_budgets,
     evaluate_choice,
     oracle_gap_closed,
@@ -210,3 +211,8 @@ def test_evaluate_budgets_end_to_end(tmp_path):
     assert by[20.0, "lut"]["diff_vs_lut"] == "" and by[20.0, "full"]["knobs"] == "high/k4/b6"
     md = paths["md"].read_text()
     assert md.count("\n| 5 |") + md.count("\n| 20 |") + md.count("\n| 30 |") == 3 and "high/k4/b6" in md
+
+
+def test_budget_points_are_evenly_spaced_or_fractions_of_the_reference():
+    assert budget_points(3, 10.0, 30.0, 40.0) == [10.0, 20.0, 30.0]
+    assert budget_points([0.5, 1.0], 10.0, 30.0, 40.0) == [20.0, 40.0]

@@ -11,7 +11,7 @@ have another colour. Question types, by which knob they stress:
 - ``count``     how many quadrants have a colour: aggregation over the image (needs depth), coarse;
 - ``code``      the code a fixed table gives a key in the colour of a quadrant: a large associative mapping
                 (needs expert capacity: top-k), coarse;
-- ``chain``     follow a quadrant's colour to the quadrant that colour names, once or twice: a pointer chase
+- ``chain``     follow a quadrant's colour to the quadrant that colour names, 1-3 times: a pointer chase
                 (needs all blocks), coarse.
 """
 
@@ -41,7 +41,7 @@ GRID = 8  # cells per side
 CELL_PX = 8  # the embedded VLM's patches are cells
 CODE_KEYS = 64
 CODES = 32
-CHAIN_HOPS = (1, 2)
+CHAIN_HOPS = (1, 2, 3)
 
 
 def vocabulary(grid: int = GRID) -> list[str]:
