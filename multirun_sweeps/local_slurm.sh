@@ -3,11 +3,12 @@
 # `+launcher=slurm*` presets and the tests marked `slurm`. Debian/Ubuntu, as root, no systemd needed.
 #
 #   multirun_sweeps/local_slurm.sh start    # apt-install what is missing, configure, start, wait for the node
-#   multirun_sweeps/local_slurm.sh stop     # stop every daemon by its pid file
+#   multirun_sweeps/local_slurm.sh stop     # stop, by its pid file, every daemon that start started
 #   multirun_sweeps/local_slurm.sh status
 #
 # It writes /etc/slurm/slurm.conf and slurmdbd.conf only when they are absent or were written by this script,
-# so it never takes over a real cluster's configuration.
+# so it never takes over a real cluster's configuration; daemons already running (a MariaDB of the machine's)
+# are used and left running by stop.
 set -euo pipefail
 
 MARK="# written by grpo-ctrl multirun_sweeps/local_slurm.sh"
@@ -15,6 +16,7 @@ CONF=/etc/slurm/slurm.conf
 DBD_CONF=/etc/slurm/slurmdbd.conf
 # Stop order: the node, the controller, accounting, its database, authentication (start is the reverse).
 DAEMONS=(slurmd slurmctld slurmdbd mariadbd munged)
+STARTED=/run/grpo-ctrl-local-slurm.started  # the daemons this script started, one a line
 
 die() { echo "local_slurm.sh: $*" >&2; exit 1; }
 
@@ -30,6 +32,14 @@ running() {  # running DAEMON: its pid file names a live process
   local file
   file=$(pid_file "$1")
   [[ -s $file ]] && kill -0 "$(cat "$file")" 2>/dev/null
+}
+
+launch() {  # launch DAEMON COMMAND...: start DAEMON with COMMAND unless it runs, and note that we did
+  local daemon=$1
+  shift
+  running "$daemon" && return
+  "$@"
+  echo "$daemon" >>"$STARTED"
 }
 
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll COMMAND until it succeeds
@@ -125,10 +135,9 @@ EOF
 }
 
 start_database() {
-  running mariadbd && return
-  # Detached from this shell (setsid) so that it outlives the caller, like the other daemons.
-  setsid /usr/sbin/mariadbd --user=mysql --socket=/run/mysqld/mysqld.sock --pid-file="$(pid_file mariadbd)" \
-    --bind-address=127.0.0.1 </dev/null >>/var/log/mysql/mariadbd.log 2>&1 &
+  # Forked off a new session (setsid -f): it does not daemonize itself, and must outlive the caller.
+  launch mariadbd setsid -f /usr/sbin/mariadbd --user=mysql --socket=/run/mysqld/mysqld.sock \
+    --pid-file="$(pid_file mariadbd)" --bind-address=127.0.0.1 </dev/null >>/var/log/mysql/mariadbd.log 2>&1
   wait_for 30 mariadb mariadb-admin --socket=/run/mysqld/mysqld.sock ping
   local password
   password=$(sed -n 's/^StoragePass=//p' "$DBD_CONF")
@@ -144,16 +153,16 @@ start() {
   [[ $(id -u) == 0 ]] || die "run as root (it installs packages and starts system daemons)"
   install
   configure
-  running munged || runuser -u munge -- /usr/sbin/munged
+  launch munged runuser -u munge -- /usr/sbin/munged
   wait_for 10 munged munge -n
   start_database
-  running slurmdbd || /usr/sbin/slurmdbd
+  launch slurmdbd /usr/sbin/slurmdbd
   # The very first start creates the accounting tables (about 10 s).
   wait_for 60 slurmdbd sacctmgr -n show cluster
-  running slurmctld || /usr/sbin/slurmctld
+  launch slurmctld /usr/sbin/slurmctld
   wait_for 30 slurmctld scontrol ping
   # -N: the node is named localhost whatever the machine's hostname is.
-  running slurmd || /usr/sbin/slurmd -N localhost
+  launch slurmd /usr/sbin/slurmd -N localhost
   wait_for 30 "the node" node_idle
   echo "slurm is up: $(sinfo -h -o '%P %D %T %c CPUs')"
 }
@@ -162,8 +171,9 @@ node_idle() { sinfo -h -n localhost -o %T | grep -qE '^(idle|mixed|allocated)'; 
 
 stop() {
   local daemon file pid
+  [[ -s $STARTED ]] || { echo "nothing to stop: no daemon was started by this script"; return; }
   for daemon in "${DAEMONS[@]}"; do
-    running "$daemon" || continue
+    grep -qx "$daemon" "$STARTED" && running "$daemon" || continue
     file=$(pid_file "$daemon")
     pid=$(cat "$file")
     kill "$pid"
@@ -171,6 +181,7 @@ stop() {
     kill -0 "$pid" 2>/dev/null && die "$daemon (pid $pid) did not stop within 10 s"
     echo "stopped $daemon (pid $pid)"
   done
+  rm -f "$STARTED"
 }
 
 status() {

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,15 @@ def tiny(model_dir, *extra):
             "data.val_size=8", "progress=false", "threads=1", "rollout_workers=2", *extra]
 
 
+def job_name(sweep_dir) -> str:
+    """A Slurm job name of the sweep's own, whatever else is queued."""
+    return f"grpo-test-{zlib.crc32(str(sweep_dir).encode()):08x}"
+
+
 def on_slurm(sweep_dir, launcher, *overrides, script="train.py"):
-    """The command line of a sweep submitted through a launcher preset, 1 CPU per task, named after its dir."""
+    """The command line of a sweep submitted through a launcher preset, 1 CPU per task."""
     return [sys.executable, script, "-m", "--config-dir", "multirun_sweeps", f"+launcher={launcher}",
-            "hydra.launcher.cpus_per_task=1", f"hydra.launcher.name=grpo-test-{Path(sweep_dir).name}",
+            "hydra.launcher.cpus_per_task=1", f"hydra.launcher.name={job_name(sweep_dir)}",
             f"hydra.sweep.dir={sweep_dir}", *overrides]
 
 
@@ -67,7 +73,7 @@ def accounted_states(job_id: str, timeout: float = 60) -> list[str]:
 
 
 def job_id(sweep_dir) -> str:
-    out = run(["squeue", "-h", "-o", "%i", f"--name=grpo-test-{Path(sweep_dir).name}"]).stdout.split()
+    out = run(["squeue", "-h", "-o", "%i", f"--name={job_name(sweep_dir)}"]).stdout.split()
     assert len(out) == 1, out
     return out[0]
 
