@@ -60,14 +60,15 @@ class Tracker:
         if self._wandb is not None:
             try:
                 self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
-            except ConnectionError as err:
+            except Exception as err:  # noqa: BLE001 - the mirror failing must not end the run (see _lost_wandb)
                 self._lost_wandb(err)
 
-    def _lost_wandb(self, err: ConnectionError) -> None:
-        """wandb's backend process is gone (Slurm signals every process of a job step when it requeues or cancels
-        it): the run goes on, logging to metrics.jsonl alone; a resumed job logs to the same wandb run again."""
-        print(f"wandb: its backend process stopped ({type(err).__name__}: {err}); logging to {self.path} only",
-              flush=True)
+    def _lost_wandb(self, err: Exception) -> None:
+        """wandb failed, typically because its backend process is gone: Slurm sends SIGTERM to every process of a
+        job step it requeues or preempts (also right after submitit's own requeue, while this run is finishing),
+        and wandb then raises ConnectionResetError or MailboxClosedError, by timing. The run goes on with
+        metrics.jsonl, which has every step anyway; a resumed job logs to the same wandb run again."""
+        print(f"wandb: stopped mirroring ({type(err).__name__}: {err}); logging to {self.path} only", flush=True)
         self._wandb = None
 
     def finish(self) -> None:
@@ -75,7 +76,7 @@ class Tracker:
         if self._wandb is not None:
             try:
                 self._wandb.finish()
-            except ConnectionError as err:
+            except Exception as err:  # noqa: BLE001 - as in log
                 self._lost_wandb(err)
             self._wandb = None
 

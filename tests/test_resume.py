@@ -92,3 +92,39 @@ def test_a_checkpoint_of_another_architecture_is_refused_and_the_run_left_alone(
     line = _one_line(res)  # exit 2, one line, and nothing loaded
     assert line.startswith("config error: checkpoint ") and difference in line and "resume=false" in line
     assert {name: (trained_run / name).read_bytes() for name in files} == before
+
+
+KILL_THE_WANDB_BACKEND = """
+import os, sys, time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from grpo_ctrl.tracking import Tracker
+
+def children():
+    return set(Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split())
+
+before = children()
+tracker = Tracker(sys.argv[1], OmegaConf.create({"name": "wandb", "mode": "offline", "project": "test",
+                                                 "entity": None, "tags": []}))
+tracker.log({"a": 1.0}, step=1)
+backend = children() - before
+assert backend
+for pid in backend:
+    os.kill(int(pid), int(sys.argv[2]))
+time.sleep(1)
+for step in (2, 3):
+    tracker.log({"a": float(step)}, step=step)
+tracker.finish()
+"""
+
+
+def test_the_run_goes_on_when_slurms_sigterm_kills_the_wandb_backend(tmp_path):
+    """Slurm signals every process of a job step it requeues, wandb's backend process included (run in a process
+    of its own: wandb keeps a dead backend for the rest of the process)."""
+    res = subprocess.run([sys.executable, "-c", KILL_THE_WANDB_BACKEND, str(tmp_path), str(int(signal.SIGTERM))],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert res.stdout.count("wandb: stopped mirroring") == 1
