@@ -69,8 +69,9 @@ class DataConfig:
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))  # grid_vqa: question-type weights
     grid: int = 8  # grid_vqa: cells per side (the embedded VLM has one patch per cell)
     cell_px: int = 8  # grid_vqa: pixels per cell side
-    odd_cells: list[int] = field(default_factory=lambda: [2, 4])  # grid_vqa: odd-coloured cells per quadrant (min, max)
-    odd_squares: list[int] = field(default_factory=lambda: [0, 0])  # grid_vqa: odd 2x2 squares per quadrant
+    odd_cells: list[int] = field(default_factory=lambda: [2, 3])  # grid_vqa: odd-coloured cells per quadrant (min, max)
+    odd_squares: list[int] = field(default_factory=lambda: [1, 1])  # grid_vqa: odd 2x2 squares per quadrant
+    chain_hops: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # grid_vqa: hop counts a chain question draws
     # hf_vqa
     path: str | None = None  # a `save_to_disk` dir, an imagefolder dir, or the base dir of `data_files`
     format: str = "auto"  # auto | disk | parquet | json | csv | imagefolder
@@ -101,7 +102,7 @@ class RewardConfig:
     violation_penalty: float = 2.0  # default: accuracy - violation_penalty * max(0, L - B) / B
     latency_cost: float = 0.0  # default: optional - latency_cost * L / B
     violation_cost: float = 0.0  # default: optional - violation_cost * [L > B] (a per-request SLO)
-    spend_bonus: float = 0.0  # default: optional + spend_bonus * min(L, B) / B (time under the budget is free)
+    spend_bonus: float = 0.05  # default: + spend_bonus * min(L, B) / B (time under the budget is free; 0: off)
     gold_prob_weight: float = 0.0  # accuracy term = (1 - w) * answer score + w * p(gold answer), both rewards
     alpha: float = 1.0  # seed formula (see grpo_ctrl/reward.py)
     beta: float = 0.5

