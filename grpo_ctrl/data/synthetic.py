@@ -103,16 +103,16 @@ class GridVQA:
         mix = dict(DEFAULT_MIX if mix is None else mix)
         unknown = set(mix) - set(QUESTION_TYPES)
         if unknown:
-            raise ValueError(f"data.mix has unknown question types {sorted(unknown)}; use {list(QUESTION_TYPES)}")
+            raise DataError(f"data.mix has unknown question types {sorted(unknown)}; use {list(QUESTION_TYPES)}")
         total = sum(mix.values())
         if total <= 0:
-            raise ValueError("data.mix weights must sum to a positive number")
+            raise DataError("data.mix weights must sum to a positive number")
         if grid < 2 or grid % 2:
-            raise ValueError(f"data.grid={grid}: use an even number of cells per side")
+            raise DataError(f"data.grid={grid}: use an even number of cells per side")
         if max(odd_squares) > 0 and grid % 4:
-            raise ValueError(f"data.odd_squares needs data.grid divisible by 4 (squares tile quadrants); got {grid}")
-        if not chain_hops or min(chain_hops) < 1 or max(chain_hops) >= len(QUADRANTS) + 1:
-            raise ValueError(f"data.chain_hops={list(chain_hops)}: use hop counts from 1 to {len(QUADRANTS)}")
+            raise DataError(f"data.odd_squares needs data.grid divisible by 4 (squares tile quadrants); got {grid}")
+        if not chain_hops or min(chain_hops) < 1 or max(chain_hops) > len(QUADRANTS):  # the vocabulary counts to 4
+            raise DataError(f"data.chain_hops={list(chain_hops)}: use hop counts from 1 to {len(QUADRANTS)}")
         self.seed = seed
         self.chain_hops = tuple(int(h) for h in chain_hops)
         self.grid, self.half, self.cell_px = grid, grid // 2, cell_px
