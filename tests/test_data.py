@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from grpo_ctrl.data import QUESTION_TYPES, DataError, GridVQA, VQASample, vocabulary
+from grpo_ctrl.data.synthetic import QUADRANTS
 from grpo_ctrl.parallel import ParallelContext
 from grpo_ctrl.rollout import PromptPool
 from grpo_ctrl.vlm.tokenizer import build_tokenizer
@@ -52,7 +53,7 @@ def _quadrant_colours(gen, image):
 
 
 def test_square_code_and_chain_answers_match_the_image():
-    from grpo_ctrl.data.synthetic import QUADRANTS, code_token
+    from grpo_ctrl.data.synthetic import code_token
     gen = GridVQA(noise=0, grid=12, odd_squares=(1, 2), mix={"square": 1, "code": 1, "chain": 1})
     seen = set()
     for s in gen.split("val", 150):
@@ -71,6 +72,28 @@ def test_square_code_and_chain_answers_match_the_image():
                 at = int(gen.points_to[gen.colour_names.index(quadrants[at])])
             assert s.answer == quadrants[at]
     assert seen == {"square", "code", "chain"}
+
+
+def test_cell_mosaics_are_four_colours_and_never_asked_as_squares():
+    gen = GridVQA(noise=0, cell_mosaics=(1, 1), odd_cells=(1, 1), mix={"cell": 1, "square": 1, "quadrant": 1})
+    asked = set()
+    for s in gen.split("val", 150):
+        image, words, asked = s.image, s.question.split(), asked | {s.qtype}
+        cells = s.meta["cells"]
+        blocks = [cells[r:r + 2, c:c + 2] for r in range(0, 8, 2) for c in range(0, 8, 2)]
+        assert sum(len(np.unique(b)) == 4 for b in blocks) == 4  # one mosaic per quadrant
+        if s.qtype == "cell":
+            r, c = int(words[-1][1]), int(words[-1][3])
+            assert s.answer == _colour_at(gen, image, r, c)
+        elif s.qtype == "square":
+            r, c = (int(v) for v in words[-1][1:].split("c"))
+            names = [_colour_at(gen, image, 2 * r + i, 2 * c + j) for i in (0, 1) for j in (0, 1)]
+            assert names.count(s.answer) >= 3
+        else:
+            assert s.answer == _quadrant_colours(gen, image)[QUADRANTS.index(words[4])]
+    assert asked == {"cell", "square", "quadrant"}
+    with pytest.raises(ValueError, match="2x2 blocks"):
+        GridVQA(cell_mosaics=(4, 4))
 
 
 def test_the_shipped_models_task_is_unchanged():

@@ -6,7 +6,8 @@ square per quadrant have another colour. Question types, by which knob they stre
 
 - ``quadrant``  colour of a quadrant: survives 4x4 pooling and needs little depth (cheap everywhere);
 - ``cell``      colour of one cell, usually an odd one: pooling mixes it with neighbours (needs the
-                high vision tier) but it is a single lookup (shallow);
+                high vision tier) but it is a single lookup (shallow); with `cell_mosaics`, 2x2 blocks of four
+                distinct colours (one the quadrant's), pooling no longer says which cell has which colour;
 - ``square``    colour of a 2x2 square, usually the odd one: survives 2x2 pooling, not 4x4 (the medium tier);
 - ``same``      do two quadrants share a colour: two lookups plus a comparison (needs depth), coarse (weighted 0:
                 see DEFAULT_MIX);
@@ -99,7 +100,7 @@ class GridVQA:
 
     def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, odd_cells: tuple[int, int] = (2, 3),
                  noise: int = 16, grid: int = GRID, cell_px: int = CELL_PX, odd_squares: tuple[int, int] = (1, 1),
-                 chain_hops: tuple[int, ...] = CHAIN_HOPS):
+                 chain_hops: tuple[int, ...] = CHAIN_HOPS, cell_mosaics: tuple[int, int] = (0, 0)):
         mix = dict(DEFAULT_MIX if mix is None else mix)
         unknown = set(mix) - set(QUESTION_TYPES)
         if unknown:
@@ -109,14 +110,21 @@ class GridVQA:
             raise DataError("data.mix weights must sum to a positive number")
         if grid < 2 or grid % 2:
             raise DataError(f"data.grid={grid}: use an even number of cells per side")
-        if max(odd_squares) > 0 and grid % 4:
-            raise DataError(f"data.odd_squares needs data.grid divisible by 4 (squares tile quadrants); got {grid}")
+        if max(odd_squares) + max(cell_mosaics) > 0 and grid % 4:
+            raise DataError(f"data.odd_squares and data.cell_mosaics need data.grid divisible by 4 (2x2 blocks tile "
+                            f"quadrants); got {grid}")
+        blocks = (grid // 4) ** 2  # aligned 2x2 blocks per quadrant
+        if max(odd_squares) + max(cell_mosaics) > blocks:
+            raise DataError(f"data.odd_squares {list(odd_squares)} + data.cell_mosaics {list(cell_mosaics)}: a "
+                            f"quadrant has only {blocks} 2x2 blocks")
+        if max(odd_cells) > (grid // 2) ** 2 - 4 * (max(odd_squares) + max(cell_mosaics)):
+            raise DataError(f"data.odd_cells {list(odd_cells)}: more odd cells than a quadrant has free cells")
         if not chain_hops or min(chain_hops) < 1 or max(chain_hops) > len(QUADRANTS):  # the vocabulary counts to 4
             raise DataError(f"data.chain_hops={list(chain_hops)}: use hop counts from 1 to {len(QUADRANTS)}")
         self.seed = seed
         self.chain_hops = tuple(int(h) for h in chain_hops)
         self.grid, self.half, self.cell_px = grid, grid // 2, cell_px
-        self.odd_squares = odd_squares
+        self.odd_squares, self.cell_mosaics = odd_squares, cell_mosaics
         self.types = list(mix)
         self.probs = np.array([mix[t] for t in self.types], dtype=float) / total
         self.odd_cells = odd_cells
@@ -162,6 +170,7 @@ class GridVQA:
         grid = np.empty((self.grid, self.grid), dtype=np.int64)
         half = self.half
         squares = np.zeros((half, half), dtype=bool)  # on the grid of 2x2 squares
+        mosaics = np.zeros_like(squares)
         single = np.zeros_like(grid, dtype=bool)
         for q in range(4):
             rows, cols = _quadrant_cells(q, half)
@@ -176,13 +185,25 @@ class GridVQA:
                         rng.choice(others)
                     squares[rows.start // 2 + r, cols.start // 2 + c] = True
                     taken[2 * r:2 * r + 2, 2 * c:2 * c + 2] = True
+            if max(self.cell_mosaics) > 0:  # (draws nothing when off, so the shipped model's streams stay)
+                n_mo = rng.integers(self.cell_mosaics[0], self.cell_mosaics[1] + 1)
+                per_side = half // 2
+                blocks = [b for b in range(per_side ** 2) if not taken[2 * (b // per_side), 2 * (b % per_side)]]
+                for flat in rng.choice(blocks, size=n_mo, replace=False):
+                    r, c = divmod(int(flat), half // 2)
+                    r0, c0 = rows.start + 2 * r, cols.start + 2 * c
+                    block = np.append(rng.choice(others, size=3, replace=False), dominant[q])
+                    grid[r0:r0 + 2, c0:c0 + 2] = rng.permutation(block).reshape(2, 2)
+                    single[r0:r0 + 2, c0:c0 + 2] = True
+                    mosaics[rows.start // 2 + r, cols.start // 2 + c] = True
+                    taken[2 * r:2 * r + 2, 2 * c:2 * c + 2] = True
             free = np.flatnonzero(~taken.ravel())
             n_odd = rng.integers(self.odd_cells[0], self.odd_cells[1] + 1)
             for flat in rng.choice(free, size=n_odd, replace=False):
                 r, c = divmod(int(flat), half)
                 grid[rows.start + r, cols.start + c] = rng.choice(others)
                 single[rows.start + r, cols.start + c] = True
-        return grid, dominant, {"cells": single, "squares": squares}
+        return grid, dominant, {"cells": single, "squares": squares, "mosaics": mosaics}
 
     def _render(self, rng: np.random.Generator, grid: np.ndarray) -> np.ndarray:
         img = self.palette[grid].repeat(self.cell_px, axis=0).repeat(self.cell_px, axis=1)
@@ -195,7 +216,7 @@ class GridVQA:
 
     def _ask_cell(self, rng, grid, dominant, odd):
         cells = np.argwhere(odd["cells"])
-        if rng.random() < 0.8:
+        if len(cells) and rng.random() < 0.8:
             r, c = cells[rng.integers(len(cells))]
         else:
             r, c = rng.integers(self.grid, size=2)
@@ -205,6 +226,9 @@ class GridVQA:
         squares = np.argwhere(odd["squares"])
         if len(squares) and rng.random() < 0.8:
             r, c = squares[rng.integers(len(squares))]
+        elif odd["mosaics"].any():  # a mosaic has no majority colour: never asked as a square
+            plain = np.argwhere(~odd["mosaics"])
+            r, c = plain[rng.integers(len(plain))]
         else:
             r, c = rng.integers(self.half, size=2)
         colours = np.bincount(grid[2 * r:2 * r + 2, 2 * c:2 * c + 2].ravel(), minlength=len(self.colour_names))
