@@ -190,7 +190,7 @@ class GridVQA:
                 per_side = half // 2
                 blocks = [b for b in range(per_side ** 2) if not taken[2 * (b // per_side), 2 * (b % per_side)]]
                 for flat in rng.choice(blocks, size=n_mo, replace=False):
-                    r, c = divmod(int(flat), half // 2)
+                    r, c = divmod(int(flat), per_side)
                     r0, c0 = rows.start + 2 * r, cols.start + 2 * c
                     block = np.append(rng.choice(others, size=3, replace=False), dominant[q])
                     grid[r0:r0 + 2, c0:c0 + 2] = rng.permutation(block).reshape(2, 2)
