@@ -69,10 +69,10 @@ class DataConfig:
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))  # grid_vqa: question-type weights
     grid: int = 8  # grid_vqa: cells per side (the embedded VLM has one patch per cell)
     cell_px: int = 8  # grid_vqa: pixels per cell side
-    odd_cells: list[int] = field(default_factory=lambda: [2, 3])  # grid_vqa: odd-coloured cells per quadrant (min, max)
+    odd_cells: list[int] = field(default_factory=lambda: [1, 1])  # grid_vqa: odd-coloured cells per quadrant (min, max)
     odd_squares: list[int] = field(default_factory=lambda: [1, 1])  # grid_vqa: odd 2x2 squares per quadrant
-    chain_hops: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # grid_vqa: hop counts a chain question draws
-    cell_mosaics: list[int] = field(default_factory=lambda: [0, 0])  # grid_vqa: 2x2 blocks of 4 colours per quadrant
+    chain_hops: list[int] = field(default_factory=lambda: [2, 3, 4])  # grid_vqa: hop counts a chain question draws
+    cell_mosaics: list[int] = field(default_factory=lambda: [1, 1])  # grid_vqa: 2x2 blocks of 4 colours per quadrant
     # hf_vqa
     path: str | None = None  # a `save_to_disk` dir, an imagefolder dir, or the base dir of `data_files`
     format: str = "auto"  # auto | disk | parquet | json | csv | imagefolder

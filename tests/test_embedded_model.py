@@ -46,9 +46,10 @@ def test_full_knobs_answer_well_and_cheapest_knobs_lose_accuracy(embedded, test_
 
 
 @pytest.mark.parametrize("qtype, needed, cheaper, drop", [
-    ("cell", Knobs("high", 4, 6), Knobs("low", 4, 6), 0.5),  # one cell: pooling mixes it with its neighbours
-    ("square", Knobs("medium", 4, 6), Knobs("low", 4, 6), 0.2),  # a 2x2 square survives 2x2 pooling, not 4x4
-    ("code", Knobs("low", 4, 6), Knobs("low", 4, 2), 0.15),  # a quadrant's colour, then a table lookup: depth
+    ("cell", Knobs("high", 4, 6), Knobs("medium", 4, 6), 0.4),  # a mosaic cell: 2x2 pooling mixes four colours
+    ("square", Knobs("medium", 4, 6), Knobs("low", 4, 6), 0.1),  # a 2x2 square survives 2x2 pooling, not 4x4
+    ("code", Knobs("high", 4, 6), Knobs("high", 4, 2), 0.15),  # a quadrant's colour, then a table lookup: depth
+    ("chain", Knobs("high", 4, 6), Knobs("high", 4, 2), 0.15),  # a pointer chase of 2-4 hops: depth
 ])
 def test_each_type_needs_its_knob(embedded, test_questions, qtype, needed, cheaper, drop):
     questions = [s for s in test_questions if s.qtype == qtype]

@@ -1,8 +1,9 @@
 """Synthetic grid-VQA: a deterministic, seedable task where each knob is the bottleneck of some questions.
 
 A 64 px image is an 8x8 grid of 8 px cells, one cell per vision patch (a tiny model learns what is
-aligned with the patch grid). Each quadrant has a dominant colour; a few "odd" cells and an odd 2x2
-square per quadrant have another colour. Question types, by which knob they stress:
+aligned with the patch grid). Each quadrant has a dominant colour; "odd" cells and an odd 2x2 square per
+quadrant have another colour, and 2x2 mosaics hold four distinct colours. Question types, by which knob
+they stress:
 
 - ``quadrant``  colour of a quadrant: survives 4x4 pooling and needs little depth (cheap everywhere);
 - ``cell``      colour of one cell, usually an odd one: pooling mixes it with neighbours (needs the
@@ -44,7 +45,7 @@ GRID = 8  # cells per side
 CELL_PX = 8  # the embedded VLM's patches are cells
 CODE_KEYS = 64
 CODES = 32
-CHAIN_HOPS = (1, 2, 3, 4)
+CHAIN_HOPS = (2, 3, 4)
 
 
 def vocabulary(grid: int = GRID) -> list[str]:
@@ -98,9 +99,9 @@ class GridVQA:
     """Deterministic generator (a `VQASource`): sample ``i`` of a split depends only on (seed, split, i). Each
     sample's `meta["cells"]` holds the colour index of every grid cell. One gold answer, one word."""
 
-    def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, odd_cells: tuple[int, int] = (2, 3),
+    def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, odd_cells: tuple[int, int] = (1, 1),
                  noise: int = 16, grid: int = GRID, cell_px: int = CELL_PX, odd_squares: tuple[int, int] = (1, 1),
-                 chain_hops: tuple[int, ...] = CHAIN_HOPS, cell_mosaics: tuple[int, int] = (0, 0)):
+                 chain_hops: tuple[int, ...] = CHAIN_HOPS, cell_mosaics: tuple[int, int] = (1, 1)):
         mix = dict(DEFAULT_MIX if mix is None else mix)
         unknown = set(mix) - set(QUESTION_TYPES)
         if unknown:
@@ -185,7 +186,7 @@ class GridVQA:
                         rng.choice(others)
                     squares[rows.start // 2 + r, cols.start // 2 + c] = True
                     taken[2 * r:2 * r + 2, 2 * c:2 * c + 2] = True
-            if max(self.cell_mosaics) > 0:  # (draws nothing when off, so the shipped model's streams stay)
+            if max(self.cell_mosaics) > 0:  # (draws nothing when off: the streams stay those of a mosaic-free task)
                 n_mo = rng.integers(self.cell_mosaics[0], self.cell_mosaics[1] + 1)
                 per_side = half // 2
                 blocks = [b for b in range(per_side ** 2) if not taken[2 * (b // per_side), 2 * (b % per_side)]]
