@@ -15,7 +15,16 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from grpo_ctrl.data.synthetic import DEFAULT_MIX, QUESTION_TYPES
+from grpo_ctrl.data.synthetic import (
+    CELL_MOSAICS,
+    CELL_PX,
+    CHAIN_HOPS,
+    DEFAULT_MIX,
+    GRID,
+    ODD_CELLS,
+    ODD_SQUARES,
+    QUESTION_TYPES,
+)
 
 
 class ConfigError(ValueError):
@@ -67,12 +76,12 @@ class DataConfig:
     val_size: int | None = 192  # validation prompts, each evaluated at every validation budget
     test_size: int | None = 1024  # held-out prompts (evaluation only)
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))  # grid_vqa: question-type weights
-    grid: int = 8  # grid_vqa: cells per side (the embedded VLM has one patch per cell)
-    cell_px: int = 8  # grid_vqa: pixels per cell side
-    odd_cells: list[int] = field(default_factory=lambda: [1, 1])  # grid_vqa: odd-coloured cells per quadrant (min, max)
-    odd_squares: list[int] = field(default_factory=lambda: [1, 1])  # grid_vqa: odd 2x2 squares per quadrant
-    chain_hops: list[int] = field(default_factory=lambda: [2, 3, 4])  # grid_vqa: hop counts a chain question draws
-    cell_mosaics: list[int] = field(default_factory=lambda: [1, 1])  # grid_vqa: 2x2 blocks of 4 colours per quadrant
+    grid: int = GRID  # grid_vqa: cells per side (the embedded VLM has one patch per cell)
+    cell_px: int = CELL_PX  # grid_vqa: pixels per cell side
+    odd_cells: list[int] = field(default_factory=lambda: list(ODD_CELLS))  # grid_vqa: odd cells per quadrant (min, max)
+    odd_squares: list[int] = field(default_factory=lambda: list(ODD_SQUARES))  # grid_vqa: odd 2x2 squares per quadrant
+    chain_hops: list[int] = field(default_factory=lambda: list(CHAIN_HOPS))  # grid_vqa: hops a chain question draws
+    cell_mosaics: list[int] = field(default_factory=lambda: list(CELL_MOSAICS))  # grid_vqa: mosaics per quadrant
     # hf_vqa
     path: str | None = None  # a `save_to_disk` dir, an imagefolder dir, or the base dir of `data_files`
     format: str = "auto"  # auto | disk | parquet | json | csv | imagefolder

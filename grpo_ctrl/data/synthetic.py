@@ -45,6 +45,11 @@ GRID = 8  # cells per side
 CELL_PX = 8  # the embedded VLM's patches are cells
 CODE_KEYS = 64
 CODES = 32
+# The default task shape (DataConfig reads these too): per quadrant, odd cells / odd 2x2 squares / mosaics
+# as (min, max), and the hop counts chain questions draw.
+ODD_CELLS = (1, 1)
+ODD_SQUARES = (1, 1)
+CELL_MOSAICS = (1, 1)
 CHAIN_HOPS = (2, 3, 4)
 
 
@@ -99,9 +104,9 @@ class GridVQA:
     """Deterministic generator (a `VQASource`): sample ``i`` of a split depends only on (seed, split, i). Each
     sample's `meta["cells"]` holds the colour index of every grid cell. One gold answer, one word."""
 
-    def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, odd_cells: tuple[int, int] = (1, 1),
-                 noise: int = 16, grid: int = GRID, cell_px: int = CELL_PX, odd_squares: tuple[int, int] = (1, 1),
-                 chain_hops: tuple[int, ...] = CHAIN_HOPS, cell_mosaics: tuple[int, int] = (1, 1)):
+    def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, odd_cells: tuple[int, int] = ODD_CELLS,
+                 noise: int = 16, grid: int = GRID, cell_px: int = CELL_PX, odd_squares: tuple[int, int] = ODD_SQUARES,
+                 chain_hops: tuple[int, ...] = CHAIN_HOPS, cell_mosaics: tuple[int, int] = CELL_MOSAICS):
         mix = dict(DEFAULT_MIX if mix is None else mix)
         unknown = set(mix) - set(QUESTION_TYPES)
         if unknown:
