@@ -40,7 +40,7 @@ def _one_line(res: subprocess.CompletedProcess) -> str:
     ([*TRAIN, "lr=abc"], "config error: lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
     ([*TRAIN, "latency=wallclock"], "latency=wallclock is not an option of latency; use one of"),
     ([*TRAIN, "-m", "group_size=4,x"], "config error: group_size=x"),
-    ([*TRAIN, "data.chain_hops=[2,5]"], "data error: data.chain_hops=[2, 5]: use hop counts from 1 to 4"),
+    ([*TRAIN, "data.chain_hops=[2,7]"], "data error: data.chain_hops=[2, 7]: use hop counts from 1 to 6"),
     (["experiments/profile_latency.py", "repeats=0"], "profile_latency.py: repeats=0 must be >= 1"),
     (["experiments/profile_latency.py", "samples=0"], "profile_latency.py: samples=0 must be >= 1"),
     (["experiments/profile_latency.py", "generated_tokens=[0,2]"], "generated_tokens=[0, 2] must be >= 1"),

@@ -51,6 +51,7 @@ ODD_CELLS = (1, 1)
 ODD_SQUARES = (1, 1)
 CELL_MOSAICS = (1, 1)
 CHAIN_HOPS = (2, 3, 4)
+MAX_CHAIN_HOPS = 6  # the vocabulary's number words go this far (and to the count of quadrants)
 
 
 def vocabulary(grid: int = GRID) -> list[str]:
@@ -60,7 +61,7 @@ def vocabulary(grid: int = GRID) -> list[str]:
     words += list(COLOURS) + list(QUADRANTS)
     words += [cell_token(r, c) for r in range(grid) for c in range(grid)]
     words += ["square"] + [square_token(r, c) for r in range(grid // 2) for c in range(grid // 2)]
-    words += [str(i) for i in range(len(QUADRANTS) + 1)]
+    words += [str(i) for i in range(max(len(QUADRANTS), MAX_CHAIN_HOPS) + 1)]
     words += ["code", "of", "in", "which", "steps", "from", "step"]
     words += [key_token(i) for i in range(CODE_KEYS)] + [code_token(i) for i in range(CODES)]
     return list(dict.fromkeys(words))
@@ -125,8 +126,8 @@ class GridVQA:
                             f"quadrant has only {blocks} 2x2 blocks")
         if max(odd_cells) > (grid // 2) ** 2 - 4 * (max(odd_squares) + max(cell_mosaics)):
             raise DataError(f"data.odd_cells {list(odd_cells)}: more odd cells than a quadrant has free cells")
-        if not chain_hops or min(chain_hops) < 1 or max(chain_hops) > len(QUADRANTS):  # the vocabulary counts to 4
-            raise DataError(f"data.chain_hops={list(chain_hops)}: use hop counts from 1 to {len(QUADRANTS)}")
+        if not chain_hops or min(chain_hops) < 1 or max(chain_hops) > MAX_CHAIN_HOPS:
+            raise DataError(f"data.chain_hops={list(chain_hops)}: use hop counts from 1 to {MAX_CHAIN_HOPS}")
         self.seed = seed
         self.chain_hops = tuple(int(h) for h in chain_hops)
         self.grid, self.half, self.cell_px = grid, grid // 2, cell_px
