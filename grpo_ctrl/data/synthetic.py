@@ -51,7 +51,7 @@ ODD_CELLS = (1, 1)
 ODD_SQUARES = (1, 1)
 CELL_MOSAICS = (1, 1)
 CHAIN_HOPS = (2, 3, 4)
-MAX_CHAIN_HOPS = 6  # the vocabulary's number words go this far (and to the count of quadrants)
+MAX_CHAIN_HOPS = 6  # the most hops a chain question may ask; the number words cover these and the count answers
 
 
 def vocabulary(grid: int = GRID) -> list[str]:
