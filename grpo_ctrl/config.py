@@ -24,6 +24,7 @@ from grpo_ctrl.data.synthetic import (
     ODD_CELLS,
     ODD_SQUARES,
     QUESTION_TYPES,
+    RELAY_HOPS,
 )
 
 
@@ -82,6 +83,7 @@ class DataConfig:
     odd_squares: list[int] = field(default_factory=lambda: list(ODD_SQUARES))  # grid_vqa: odd 2x2 squares per quadrant
     chain_hops: list[int] = field(default_factory=lambda: list(CHAIN_HOPS))  # grid_vqa: hops a chain question draws
     cell_mosaics: list[int] = field(default_factory=lambda: list(CELL_MOSAICS))  # grid_vqa: mosaics per quadrant
+    relay_hops: list[int] = field(default_factory=lambda: list(RELAY_HOPS))  # grid_vqa: lookups a relay question draws
     # hf_vqa
     path: str | None = None  # a `save_to_disk` dir, an imagefolder dir, or the base dir of `data_files`
     format: str = "auto"  # auto | disk | parquet | json | csv | imagefolder

@@ -52,9 +52,9 @@ def _quadrant_colours(gen, image):
     return out
 
 
-def test_square_code_and_chain_answers_match_the_image():
-    from grpo_ctrl.data.synthetic import code_token
-    gen = GridVQA(noise=0, grid=12, odd_squares=(1, 2), mix={"square": 1, "code": 1, "chain": 1})
+def test_square_code_chain_and_relay_answers_match_the_image():
+    from grpo_ctrl.data.synthetic import code_token, key_token
+    gen = GridVQA(noise=0, grid=12, odd_squares=(1, 2), mix={"square": 1, "code": 1, "chain": 1, "relay": 1})
     seen = set()
     for s in gen.split("val", 150):
         words, seen = s.question.split(), seen | {s.qtype}
@@ -66,12 +66,17 @@ def test_square_code_and_chain_answers_match_the_image():
         elif s.qtype == "code":
             key, q = int(words[5][1:]), QUADRANTS.index(words[8])
             assert s.answer == code_token(int(gen.code_table[key, gen.colour_names.index(quadrants[q])]))
+        elif s.qtype == "relay":
+            at = int(words[3][1:])
+            for q in words[5:]:
+                at = int(gen.relay_table[at, gen.colour_names.index(quadrants[QUADRANTS.index(q)])])
+            assert s.answer == key_token(at)
         else:
             hops, at = int(words[3]), QUADRANTS.index(words[7])
             for _ in range(hops):
                 at = int(gen.points_to[gen.colour_names.index(quadrants[at])])
             assert s.answer == quadrants[at]
-    assert seen == {"square", "code", "chain"}
+    assert seen == {"square", "code", "chain", "relay"}
 
 
 def test_cell_mosaics_are_four_colours_and_never_asked_as_squares():
@@ -126,6 +131,13 @@ def test_chain_questions_draw_the_configured_hop_counts():
     for bad in ((), (0, 1), (7,)):
         with pytest.raises(ValueError, match="chain_hops"):
             GridVQA(chain_hops=bad)
+
+
+def test_relay_questions_name_one_quadrant_per_configured_hop():
+    lengths = {len(s.question.split()) - 5 for s in GridVQA(mix={"relay": 1}, relay_hops=(1, 3)).split("val", 40)}
+    assert lengths == {1, 3}
+    with pytest.raises(ValueError, match="relay_hops"):
+        GridVQA(relay_hops=(0, 2))
 
 
 def test_a_grid_split_is_sized_and_built_when_indexed():

@@ -16,7 +16,10 @@ they stress:
 - ``code``      the code a fixed table gives a key in the colour of a quadrant: a large associative mapping
                 meant to need expert capacity (top-k); with a learned router it does not (README), coarse;
 - ``chain``     follow a quadrant's colour to the quadrant that colour names, `chain_hops` times: a pointer chase
-                (needs depth: one hop per block or so), coarse.
+                (needs depth: one hop per block or so), coarse;
+- ``relay``     carry a key through a fixed key x colour -> key table once per named quadrant, `relay_hops` times:
+                sequential lookups no doubling shortcut can skip (each hop is a table lookup in an MLP; needs
+                depth), coarse.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 QUADRANTS = ("topleft", "topright", "bottomleft", "bottomright")
 # Where the pointer chase of a ``chain`` question goes from a quadrant of each colour.
 COLOUR_POINTS_TO = {"red": 0, "green": 1, "blue": 2, "yellow": 3, "purple": 1, "cyan": 2}
-QUESTION_TYPES = ("quadrant", "cell", "square", "same", "count", "code", "chain")
+QUESTION_TYPES = ("quadrant", "cell", "square", "same", "count", "code", "chain", "relay")
 # `same` is weighted 0: next to six other types the embedded model stayed at chance on it (0.55 after 3,000 steps).
-DEFAULT_MIX = {"quadrant": 0.1, "cell": 0.2, "square": 0.15, "same": 0.0, "count": 0.1, "code": 0.1, "chain": 0.35}
+DEFAULT_MIX = {"quadrant": 0.1, "cell": 0.2, "square": 0.15, "same": 0.0, "count": 0.1, "code": 0.1, "chain": 0.35,
+               "relay": 0.0}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 GRID = 8  # cells per side
@@ -51,7 +55,8 @@ ODD_CELLS = (1, 1)
 ODD_SQUARES = (1, 1)
 CELL_MOSAICS = (1, 1)
 CHAIN_HOPS = (2, 3, 4)
-MAX_CHAIN_HOPS = 6  # the most hops a chain question may ask; the number words cover these and the count answers
+RELAY_HOPS = (1, 2, 3)
+MAX_CHAIN_HOPS = 6  # the most hops a chain or relay question asks; the number words cover these and the count answers
 
 
 def vocabulary(grid: int = GRID) -> list[str]:
@@ -62,7 +67,7 @@ def vocabulary(grid: int = GRID) -> list[str]:
     words += [cell_token(r, c) for r in range(grid) for c in range(grid)]
     words += ["square"] + [square_token(r, c) for r in range(grid // 2) for c in range(grid // 2)]
     words += [str(i) for i in range(max(len(QUADRANTS), MAX_CHAIN_HOPS) + 1)]
-    words += ["code", "of", "in", "which", "steps", "from", "step"]
+    words += ["code", "of", "in", "which", "steps", "from", "step", "key", "via"]
     words += [key_token(i) for i in range(CODE_KEYS)] + [code_token(i) for i in range(CODES)]
     return list(dict.fromkeys(words))
 
@@ -107,7 +112,8 @@ class GridVQA:
 
     def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, odd_cells: tuple[int, int] = ODD_CELLS,
                  noise: int = 16, grid: int = GRID, cell_px: int = CELL_PX, odd_squares: tuple[int, int] = ODD_SQUARES,
-                 chain_hops: tuple[int, ...] = CHAIN_HOPS, cell_mosaics: tuple[int, int] = CELL_MOSAICS):
+                 chain_hops: tuple[int, ...] = CHAIN_HOPS, cell_mosaics: tuple[int, int] = CELL_MOSAICS,
+                 relay_hops: tuple[int, ...] = RELAY_HOPS):
         mix = dict(DEFAULT_MIX if mix is None else mix)
         unknown = set(mix) - set(QUESTION_TYPES)
         if unknown:
@@ -126,10 +132,12 @@ class GridVQA:
                             f"quadrant has only {blocks} 2x2 blocks")
         if max(odd_cells) > (grid // 2) ** 2 - 4 * (max(odd_squares) + max(cell_mosaics)):
             raise DataError(f"data.odd_cells {list(odd_cells)}: more odd cells than a quadrant has free cells")
-        if not chain_hops or min(chain_hops) < 1 or max(chain_hops) > MAX_CHAIN_HOPS:
-            raise DataError(f"data.chain_hops={list(chain_hops)}: use hop counts from 1 to {MAX_CHAIN_HOPS}")
+        for name, hops in (("chain_hops", chain_hops), ("relay_hops", relay_hops)):
+            if not hops or min(hops) < 1 or max(hops) > MAX_CHAIN_HOPS:
+                raise DataError(f"data.{name}={list(hops)}: use hop counts from 1 to {MAX_CHAIN_HOPS}")
         self.seed = seed
         self.chain_hops = tuple(int(h) for h in chain_hops)
+        self.relay_hops = tuple(int(h) for h in relay_hops)
         self.grid, self.half, self.cell_px = grid, grid // 2, cell_px
         self.odd_squares, self.cell_mosaics = odd_squares, cell_mosaics
         self.types = list(mix)
@@ -140,6 +148,7 @@ class GridVQA:
         self.palette = np.array(list(COLOURS.values()), dtype=np.int16)
         # The task's fixed key x colour -> code table (the same in every split; a function of the seed).
         self.code_table = np.random.default_rng([seed, 99]).integers(CODES, size=(CODE_KEYS, len(COLOURS)))
+        self.relay_table = np.random.default_rng([seed, 98]).integers(CODE_KEYS, size=(CODE_KEYS, len(COLOURS)))
         self.points_to = np.array([COLOUR_POINTS_TO[c] for c in self.colour_names])
 
     def sample(self, split: str, index: int) -> VQASample:
@@ -269,3 +278,11 @@ class GridVQA:
             at = int(self.points_to[dominant[at]])
         step = "step" if hops == 1 else "steps"
         return f"which colour is {hops} {step} from the {QUADRANTS[q]} quadrant", self.colour_names[dominant[at]]
+
+    def _ask_relay(self, rng, grid, dominant, odd):
+        key, hops = int(rng.integers(CODE_KEYS)), int(rng.choice(self.relay_hops))
+        via = rng.integers(4, size=hops)
+        at = key
+        for q in via:
+            at = int(self.relay_table[at, dominant[q]])
+        return f"which key from {key_token(key)} via {' '.join(QUADRANTS[q] for q in via)}", key_token(at)
