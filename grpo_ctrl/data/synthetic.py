@@ -19,7 +19,9 @@ they stress:
                 (needs depth: one hop per block or so), coarse;
 - ``relay``     carry a key through a fixed key x colour -> key table once per named quadrant, `relay_hops` times:
                 sequential lookups no doubling shortcut can skip (each hop is a table lookup in an MLP; needs
-                depth), coarse.
+                depth), coarse;
+- ``pair``      the code a fixed random table gives a pair of keys (the image plays no part): a lookup that no
+                key's embedding can hold, so it has to be computed in the MLPs (meant to need expert width).
 """
 
 from __future__ import annotations
@@ -39,16 +41,17 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 QUADRANTS = ("topleft", "topright", "bottomleft", "bottomright")
 # Where the pointer chase of a ``chain`` question goes from a quadrant of each colour.
 COLOUR_POINTS_TO = {"red": 0, "green": 1, "blue": 2, "yellow": 3, "purple": 1, "cyan": 2}
-QUESTION_TYPES = ("quadrant", "cell", "square", "same", "count", "code", "chain", "relay")
+QUESTION_TYPES = ("quadrant", "cell", "square", "same", "count", "code", "chain", "relay", "pair")
 # `same` is weighted 0: next to six other types the embedded model stayed at chance on it (0.55 after 3,000 steps).
 DEFAULT_MIX = {"quadrant": 0.1, "cell": 0.2, "square": 0.15, "same": 0.0, "count": 0.1, "code": 0.1, "chain": 0.35,
-               "relay": 0.0}
+               "relay": 0.0, "pair": 0.0}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 GRID = 8  # cells per side
 CELL_PX = 8  # the embedded VLM's patches are cells
 CODE_KEYS = 64
 CODES = 32
+PAIR_KEYS = 16  # pair questions use keys k0..k15: 256 pairs
 # The default task shape (DataConfig reads these too): per quadrant, odd cells / odd 2x2 squares / mosaics
 # as (min, max), and the hop counts chain questions draw.
 ODD_CELLS = (1, 1)
@@ -149,6 +152,7 @@ class GridVQA:
         # The task's fixed key x colour -> code table (the same in every split; a function of the seed).
         self.code_table = np.random.default_rng([seed, 99]).integers(CODES, size=(CODE_KEYS, len(COLOURS)))
         self.relay_table = np.random.default_rng([seed, 98]).integers(CODE_KEYS, size=(CODE_KEYS, len(COLOURS)))
+        self.pair_table = np.random.default_rng([seed, 97]).integers(CODES, size=(PAIR_KEYS, PAIR_KEYS))
         self.points_to = np.array([COLOUR_POINTS_TO[c] for c in self.colour_names])
 
     def sample(self, split: str, index: int) -> VQASample:
@@ -286,3 +290,7 @@ class GridVQA:
         for q in via:
             at = int(self.relay_table[at, dominant[q]])
         return f"which key from {key_token(key)} via {' '.join(QUADRANTS[q] for q in via)}", key_token(at)
+
+    def _ask_pair(self, rng, grid, dominant, odd):
+        a, b = (int(k) for k in rng.integers(PAIR_KEYS, size=2))
+        return f"what is the code of {key_token(a)} and {key_token(b)}", code_token(int(self.pair_table[a, b]))
