@@ -23,6 +23,7 @@ from grpo_ctrl.data.synthetic import (
     GRID,
     ODD_CELLS,
     ODD_SQUARES,
+    PAIR_KEYS,
     QUESTION_TYPES,
     RELAY_HOPS,
 )
@@ -84,6 +85,7 @@ class DataConfig:
     chain_hops: list[int] = field(default_factory=lambda: list(CHAIN_HOPS))  # grid_vqa: hops a chain question draws
     cell_mosaics: list[int] = field(default_factory=lambda: list(CELL_MOSAICS))  # grid_vqa: mosaics per quadrant
     relay_hops: list[int] = field(default_factory=lambda: list(RELAY_HOPS))  # grid_vqa: lookups a relay question draws
+    pair_keys: int = PAIR_KEYS  # grid_vqa: keys a pair question draws two of (its table has pair_keys^2 entries)
     # hf_vqa
     path: str | None = None  # a `save_to_disk` dir, an imagefolder dir, or the base dir of `data_files`
     format: str = "auto"  # auto | disk | parquet | json | csv | imagefolder

@@ -189,3 +189,12 @@ def test_pair_answers_come_from_the_pair_table_whatever_the_image():
         assert max(a, b) < PAIR_KEYS and s.answer == code_token(int(gen.pair_table[a, b]))
     assert len({s.question for s in samples}) > 40  # pairs vary
     assert len({s.answer for s in samples}) > 10    # and so do their codes
+
+
+def test_pair_keys_sets_the_table_and_bad_values_are_refused():
+    gen = GridVQA(mix={"pair": 1}, pair_keys=40)
+    assert gen.pair_table.shape == (40, 40)
+    keys = {int(w[1:]) for s in gen.split("val", 200) for w in s.question.split()[5::2]}
+    assert max(keys) >= 16 and max(keys) < 40
+    with pytest.raises(ValueError, match="pair_keys"):
+        GridVQA(pair_keys=65)

@@ -20,7 +20,7 @@ they stress:
 - ``relay``     carry a key through a fixed key x colour -> key table once per named quadrant, `relay_hops` times:
                 sequential lookups no doubling shortcut can skip (each hop is a table lookup in an MLP; needs
                 depth), coarse;
-- ``pair``      the code a fixed random table gives a pair of keys (the image plays no part): a lookup that no
+- ``pair``      the code a fixed random table gives a pair of keys (`pair_keys` of them) (the image plays no part): a lookup that no
                 key's embedding can hold, so it has to be computed in the MLPs (meant to need expert width).
 """
 
@@ -51,7 +51,7 @@ GRID = 8  # cells per side
 CELL_PX = 8  # the embedded VLM's patches are cells
 CODE_KEYS = 64
 CODES = 32
-PAIR_KEYS = 16  # pair questions use keys k0..k15: 256 pairs
+PAIR_KEYS = 16  # default: pair questions use keys k0..k15, 256 pairs (data.pair_keys, up to CODE_KEYS)
 # The default task shape (DataConfig reads these too): per quadrant, odd cells / odd 2x2 squares / mosaics
 # as (min, max), and the hop counts chain questions draw.
 ODD_CELLS = (1, 1)
@@ -116,7 +116,7 @@ class GridVQA:
     def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, odd_cells: tuple[int, int] = ODD_CELLS,
                  noise: int = 16, grid: int = GRID, cell_px: int = CELL_PX, odd_squares: tuple[int, int] = ODD_SQUARES,
                  chain_hops: tuple[int, ...] = CHAIN_HOPS, cell_mosaics: tuple[int, int] = CELL_MOSAICS,
-                 relay_hops: tuple[int, ...] = RELAY_HOPS):
+                 relay_hops: tuple[int, ...] = RELAY_HOPS, pair_keys: int = PAIR_KEYS):
         mix = dict(DEFAULT_MIX if mix is None else mix)
         unknown = set(mix) - set(QUESTION_TYPES)
         if unknown:
@@ -138,6 +138,8 @@ class GridVQA:
         for name, hops in (("chain_hops", chain_hops), ("relay_hops", relay_hops)):
             if not hops or min(hops) < 1 or max(hops) > MAX_CHAIN_HOPS:
                 raise DataError(f"data.{name}={list(hops)}: use hop counts from 1 to {MAX_CHAIN_HOPS}")
+        if not 2 <= pair_keys <= CODE_KEYS:
+            raise DataError(f"data.pair_keys={pair_keys}: use 2 to {CODE_KEYS} keys")
         self.seed = seed
         self.chain_hops = tuple(int(h) for h in chain_hops)
         self.relay_hops = tuple(int(h) for h in relay_hops)
@@ -152,7 +154,7 @@ class GridVQA:
         # The task's fixed key x colour -> code table (the same in every split; a function of the seed).
         self.code_table = np.random.default_rng([seed, 99]).integers(CODES, size=(CODE_KEYS, len(COLOURS)))
         self.relay_table = np.random.default_rng([seed, 98]).integers(CODE_KEYS, size=(CODE_KEYS, len(COLOURS)))
-        self.pair_table = np.random.default_rng([seed, 97]).integers(CODES, size=(PAIR_KEYS, PAIR_KEYS))
+        self.pair_table = np.random.default_rng([seed, 97]).integers(CODES, size=(pair_keys, pair_keys))
         self.points_to = np.array([COLOUR_POINTS_TO[c] for c in self.colour_names])
 
     def sample(self, split: str, index: int) -> VQASample:
@@ -292,5 +294,5 @@ class GridVQA:
         return f"which key from {key_token(key)} via {' '.join(QUADRANTS[q] for q in via)}", key_token(at)
 
     def _ask_pair(self, rng, grid, dominant, odd):
-        a, b = (int(k) for k in rng.integers(PAIR_KEYS, size=2))
+        a, b = (int(k) for k in rng.integers(len(self.pair_table), size=2))
         return f"what is the code of {key_token(a)} and {key_token(b)}", code_token(int(self.pair_table[a, b]))
