@@ -20,8 +20,9 @@ they stress:
 - ``relay``     carry a key through a fixed key x colour -> key table once per named quadrant, `relay_hops` times:
                 sequential lookups no doubling shortcut can skip (each hop is a table lookup in an MLP; needs
                 depth), coarse;
-- ``pair``      the code a fixed random table gives a pair of keys (`pair_keys` of them) (the image plays no part): a lookup that no
-                key's embedding can hold, so it has to be computed in the MLPs (meant to need expert width).
+- ``pair``      the code a fixed random table gives a pair of keys (`pair_keys` of them; the image plays no
+                part): a lookup that no key's embedding can hold, so it has to be computed in the MLPs (meant
+                to need expert width).
 """
 
 from __future__ import annotations
