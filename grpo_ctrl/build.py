@@ -32,7 +32,7 @@ def build_data(data_cfg: DictConfig) -> VQASource:
                        cell_px=data_cfg.cell_px, odd_cells=tuple(data_cfg.odd_cells),
                        odd_squares=tuple(data_cfg.odd_squares), chain_hops=tuple(data_cfg.chain_hops),
                        cell_mosaics=tuple(data_cfg.cell_mosaics), relay_hops=tuple(data_cfg.relay_hops),
-                       pair_keys=data_cfg.pair_keys)
+                       pair_keys=data_cfg.pair_keys, relay_keys=data_cfg.relay_keys)
     if data_cfg.name == "hf_vqa":
         from grpo_ctrl.data.hf import HFVQA  # imports `datasets` only when used
 

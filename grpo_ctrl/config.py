@@ -26,6 +26,7 @@ from grpo_ctrl.data.synthetic import (
     PAIR_KEYS,
     QUESTION_TYPES,
     RELAY_HOPS,
+    RELAY_KEYS,
 )
 
 
@@ -86,6 +87,7 @@ class DataConfig:
     cell_mosaics: list[int] = field(default_factory=lambda: list(CELL_MOSAICS))  # grid_vqa: mosaics per quadrant
     relay_hops: list[int] = field(default_factory=lambda: list(RELAY_HOPS))  # grid_vqa: lookups a relay question draws
     pair_keys: int = PAIR_KEYS  # grid_vqa: keys a pair question draws two of (its table has pair_keys^2 entries)
+    relay_keys: int = RELAY_KEYS  # grid_vqa: keys a relay question carries (its table has relay_keys x 6 entries)
     # hf_vqa
     path: str | None = None  # a `save_to_disk` dir, an imagefolder dir, or the base dir of `data_files`
     format: str = "auto"  # auto | disk | parquet | json | csv | imagefolder

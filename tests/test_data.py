@@ -140,6 +140,16 @@ def test_relay_questions_name_one_quadrant_per_configured_hop():
         GridVQA(relay_hops=(0, 2))
 
 
+def test_relay_keys_sets_the_table_and_bad_values_are_refused():
+    gen = GridVQA(mix={"relay": 1}, relay_keys=12)
+    assert gen.relay_table.shape == (12, 6) and gen.relay_table.max() < 12
+    samples = gen.split("val", 100)
+    keys = {int(s.question.split()[3][1:]) for s in samples} | {int(s.answer[1:]) for s in samples}
+    assert max(keys) < 12 and len(keys) > 6
+    with pytest.raises(ValueError, match="relay_keys"):
+        GridVQA(relay_keys=1)
+
+
 def test_a_grid_split_is_sized_and_built_when_indexed():
     gen = GridVQA()
     split = gen.split("val", 5)

@@ -17,7 +17,8 @@ they stress:
                 meant to need expert capacity (top-k); with a learned router it does not (README), coarse;
 - ``chain``     follow a quadrant's colour to the quadrant that colour names, `chain_hops` times: a pointer chase
                 (needs depth: one hop per block or so), coarse;
-- ``relay``     carry a key through a fixed key x colour -> key table once per named quadrant, `relay_hops` times:
+- ``relay``     carry a key through a fixed key x colour -> key table (`relay_keys` keys) once per named quadrant,
+                `relay_hops` times:
                 sequential lookups no doubling shortcut can skip (each hop is a table lookup in an MLP; needs
                 depth), coarse;
 - ``pair``      the code a fixed random table gives a pair of keys (`pair_keys` of them; the image plays no
@@ -53,6 +54,7 @@ CELL_PX = 8  # the embedded VLM's patches are cells
 CODE_KEYS = 64
 CODES = 32
 PAIR_KEYS = 16  # default: pair questions use keys k0..k15, 256 pairs (data.pair_keys, up to CODE_KEYS)
+RELAY_KEYS = CODE_KEYS  # default: relay questions carry keys k0..k63 (data.relay_keys)
 # The default task shape (DataConfig reads these too): per quadrant, odd cells / odd 2x2 squares / mosaics
 # as (min, max), and the hop counts chain questions draw.
 ODD_CELLS = (1, 1)
@@ -117,7 +119,8 @@ class GridVQA:
     def __init__(self, seed: int = 0, mix: dict[str, float] | None = None, odd_cells: tuple[int, int] = ODD_CELLS,
                  noise: int = 16, grid: int = GRID, cell_px: int = CELL_PX, odd_squares: tuple[int, int] = ODD_SQUARES,
                  chain_hops: tuple[int, ...] = CHAIN_HOPS, cell_mosaics: tuple[int, int] = CELL_MOSAICS,
-                 relay_hops: tuple[int, ...] = RELAY_HOPS, pair_keys: int = PAIR_KEYS):
+                 relay_hops: tuple[int, ...] = RELAY_HOPS, pair_keys: int = PAIR_KEYS,
+                 relay_keys: int = RELAY_KEYS):
         mix = dict(DEFAULT_MIX if mix is None else mix)
         unknown = set(mix) - set(QUESTION_TYPES)
         if unknown:
@@ -139,8 +142,9 @@ class GridVQA:
         for name, hops in (("chain_hops", chain_hops), ("relay_hops", relay_hops)):
             if not hops or min(hops) < 1 or max(hops) > MAX_CHAIN_HOPS:
                 raise DataError(f"data.{name}={list(hops)}: use hop counts from 1 to {MAX_CHAIN_HOPS}")
-        if not 2 <= pair_keys <= CODE_KEYS:
-            raise DataError(f"data.pair_keys={pair_keys}: use 2 to {CODE_KEYS} keys")
+        for name, keys in (("pair_keys", pair_keys), ("relay_keys", relay_keys)):
+            if not 2 <= keys <= CODE_KEYS:
+                raise DataError(f"data.{name}={keys}: use 2 to {CODE_KEYS} keys")
         self.seed = seed
         self.chain_hops = tuple(int(h) for h in chain_hops)
         self.relay_hops = tuple(int(h) for h in relay_hops)
@@ -154,7 +158,7 @@ class GridVQA:
         self.palette = np.array(list(COLOURS.values()), dtype=np.int16)
         # The task's fixed key x colour -> code table (the same in every split; a function of the seed).
         self.code_table = np.random.default_rng([seed, 99]).integers(CODES, size=(CODE_KEYS, len(COLOURS)))
-        self.relay_table = np.random.default_rng([seed, 98]).integers(CODE_KEYS, size=(CODE_KEYS, len(COLOURS)))
+        self.relay_table = np.random.default_rng([seed, 98]).integers(relay_keys, size=(relay_keys, len(COLOURS)))
         self.pair_table = np.random.default_rng([seed, 97]).integers(CODES, size=(pair_keys, pair_keys))
         self.points_to = np.array([COLOUR_POINTS_TO[c] for c in self.colour_names])
 
@@ -287,7 +291,7 @@ class GridVQA:
         return f"which colour is {hops} {step} from the {QUADRANTS[q]} quadrant", self.colour_names[dominant[at]]
 
     def _ask_relay(self, rng, grid, dominant, odd):
-        key, hops = int(rng.integers(CODE_KEYS)), int(rng.choice(self.relay_hops))
+        key, hops = int(rng.integers(len(self.relay_table))), int(rng.choice(self.relay_hops))
         via = rng.integers(4, size=hops)
         at = key
         for q in via:
