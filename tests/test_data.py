@@ -52,9 +52,10 @@ def _quadrant_colours(gen, image):
     return out
 
 
-def test_square_code_chain_and_relay_answers_match_the_image():
+def test_square_code_chain_relay_and_chaincode_answers_match_the_image():
     from grpo_ctrl.data.synthetic import code_token, key_token
-    gen = GridVQA(noise=0, grid=12, odd_squares=(1, 2), mix={"square": 1, "code": 1, "chain": 1, "relay": 1})
+    gen = GridVQA(noise=0, grid=12, odd_squares=(1, 2),
+                  mix={"square": 1, "code": 1, "chain": 1, "relay": 1, "chaincode": 1})
     seen = set()
     for s in gen.split("val", 150):
         words, seen = s.question.split(), seen | {s.qtype}
@@ -71,12 +72,16 @@ def test_square_code_chain_and_relay_answers_match_the_image():
             for q in words[5:]:
                 at = int(gen.relay_table[at, gen.colour_names.index(quadrants[QUADRANTS.index(q)])])
             assert s.answer == key_token(at)
-        else:
-            hops, at = int(words[3]), QUADRANTS.index(words[7])
+        else:  # chain, chaincode: "... <hops> steps from the <quadrant> quadrant"
+            hops, at = int(words[-6]), QUADRANTS.index(words[-2])
             for _ in range(hops):
                 at = int(gen.points_to[gen.colour_names.index(quadrants[at])])
-            assert s.answer == quadrants[at]
-    assert seen == {"square", "code", "chain", "relay"}
+            if s.qtype == "chain":
+                assert s.answer == quadrants[at]
+            else:
+                key = int(words[5][1:])
+                assert s.answer == code_token(int(gen.code_table[key, gen.colour_names.index(quadrants[at])]))
+    assert seen == {"square", "code", "chain", "relay", "chaincode"}
 
 
 def test_cell_mosaics_are_four_colours_and_never_asked_as_squares():

@@ -17,6 +17,8 @@ they stress:
                 meant to need expert capacity (top-k); with a learned router it does not (README), coarse;
 - ``chain``     follow a quadrant's colour to the quadrant that colour names, `chain_hops` times: a pointer chase
                 (needs depth: one hop per block or so), coarse;
+- ``chaincode`` the code of a key in the colour a ``chain`` ends on: a chase, then a ``code`` lookup on its
+                result (two skills in sequence, so it is meant to need the depth of both), coarse;
 - ``relay``     carry a key through a fixed key x colour -> key table (`relay_keys` keys) once per named quadrant,
                 `relay_hops` times:
                 sequential lookups no doubling shortcut can skip (each hop is a table lookup in an MLP; needs
@@ -43,10 +45,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 QUADRANTS = ("topleft", "topright", "bottomleft", "bottomright")
 # Where the pointer chase of a ``chain`` question goes from a quadrant of each colour.
 COLOUR_POINTS_TO = {"red": 0, "green": 1, "blue": 2, "yellow": 3, "purple": 1, "cyan": 2}
-QUESTION_TYPES = ("quadrant", "cell", "square", "same", "count", "code", "chain", "relay", "pair")
+QUESTION_TYPES = ("quadrant", "cell", "square", "same", "count", "code", "chain", "relay", "pair", "chaincode")
 # `same` is weighted 0: next to six other types the embedded model stayed at chance on it (0.55 after 3,000 steps).
 DEFAULT_MIX = {"quadrant": 0.1, "cell": 0.2, "square": 0.15, "same": 0.0, "count": 0.1, "code": 0.1, "chain": 0.35,
-               "relay": 0.0, "pair": 0.0}
+               "relay": 0.0, "pair": 0.0, "chaincode": 0.0}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 GRID = 8  # cells per side
@@ -282,13 +284,23 @@ class GridVQA:
         return (f"what is the code of {key_token(key)} in the {QUADRANTS[q]} quadrant",
                 code_token(int(self.code_table[key, dominant[q]])))
 
-    def _ask_chain(self, rng, grid, dominant, odd):
+    def _chase(self, rng, dominant) -> tuple[str, int]:
+        """A random chain: its words ("2 steps from the topleft quadrant") and the colour index it ends on."""
         q, hops = int(rng.integers(4)), int(rng.choice(self.chain_hops))
         at = q
         for _ in range(hops):
             at = int(self.points_to[dominant[at]])
         step = "step" if hops == 1 else "steps"
-        return f"which colour is {hops} {step} from the {QUADRANTS[q]} quadrant", self.colour_names[dominant[at]]
+        return f"{hops} {step} from the {QUADRANTS[q]} quadrant", int(dominant[at])
+
+    def _ask_chain(self, rng, grid, dominant, odd):
+        words, colour = self._chase(rng, dominant)
+        return f"which colour is {words}", self.colour_names[colour]
+
+    def _ask_chaincode(self, rng, grid, dominant, odd):
+        key = int(rng.integers(CODE_KEYS))
+        words, colour = self._chase(rng, dominant)
+        return f"what is the code of {key_token(key)} {words}", code_token(int(self.code_table[key, colour]))
 
     def _ask_relay(self, rng, grid, dominant, odd):
         key, hops = int(rng.integers(len(self.relay_table))), int(rng.choice(self.relay_hops))
