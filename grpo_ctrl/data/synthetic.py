@@ -17,15 +17,14 @@ they stress:
                 meant to need expert capacity (top-k); with a learned router it does not (README), coarse;
 - ``chain``     follow a quadrant's colour to the quadrant that colour names, `chain_hops` times: a pointer chase
                 (needs depth: one hop per block or so), coarse;
-- ``chaincode`` the code of a key in the colour a ``chain`` ends on: a chase, then a ``code`` lookup on its
-                result (two skills in sequence, so it is meant to need the depth of both), coarse;
 - ``relay``     carry a key through a fixed key x colour -> key table (`relay_keys` keys) once per named quadrant,
-                `relay_hops` times:
-                sequential lookups no doubling shortcut can skip (each hop is a table lookup in an MLP; needs
-                depth), coarse;
+                `relay_hops` times: sequential lookups no doubling shortcut can skip (each hop is a table lookup
+                in an MLP; needs depth), coarse;
 - ``pair``      the code a fixed random table gives a pair of keys (`pair_keys` of them; the image plays no
                 part): a lookup that no key's embedding can hold, so it has to be computed in the MLPs (meant
-                to need expert width).
+                to need expert width);
+- ``chaincode`` the code of a key in the colour a ``chain`` ends on: a chase, then a ``code`` lookup on its
+                result (two skills in sequence, so it is meant to need the depth of both), coarse.
 """
 
 from __future__ import annotations
