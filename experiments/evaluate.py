@@ -29,7 +29,8 @@ from grpo_ctrl.baselines import Profile, budget_points, evaluate_budgets, write_
 from grpo_ctrl.build import build_data
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.experiment import LatencyExperiment
-from grpo_ctrl.latency import Request, make_latency_provider
+from grpo_ctrl.latency import EstimatorError, Request, make_latency_provider
+from grpo_ctrl.latency.estimator import REFIT_COMMAND, fraction_drift
 from grpo_ctrl.policy import greedy_knobs
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
 from grpo_ctrl.serve import ServeError, Server, read_controller
@@ -70,12 +71,33 @@ def controller_choices(server: Server, engine: RolloutEngine, prompts, settings,
             for budget in budgets_ms}
 
 
+def estimator_drift(run_cfg, vlm, pools, outcomes, test: Profile, tolerance: float) -> dict | None:
+    """The run's estimator against this machine's timings of the test grid (`fraction_drift`); a warning line when
+    a setting's fraction of full is off by more than `tolerance`. None when the run has no estimator."""
+    try:
+        provider = make_latency_provider("estimator", vlm, run_cfg.latency)
+    except EstimatorError:
+        return None
+    settings = list(test.settings)
+    estimated = latency_grid(provider, vlm, {"test": pools["test"]}, outcomes, settings)["test"]
+    drift = fraction_drift(settings, test.latency_ms, estimated, settings.index(vlm.knob_space.full))
+    worst = drift["worst"]
+    if drift["max_abs_drift"] > tolerance:
+        print(f"evaluate: warning: the run's latency estimator is off on this machine by {drift['max_abs_drift']:.3f} "
+              f"of the full latency ({worst['knobs']}: {worst['estimated_fraction']:.3f} estimated, "
+              f"{worst['measured_fraction']:.3f} measured); the controller budgets by the estimator's fractions, "
+              f"so expect violations or unused budget: re-fit it here with `{REFIT_COMMAND}` and re-train",
+              file=sys.stderr, flush=True)
+    return drift
+
+
 def check(cfg: DictConfig) -> None:
     if cfg.latency_source not in ("measured", "hooked", "estimator"):
         raise ServeError(f"latency_source={cfg.latency_source!r} is unknown; use measured, hooked or estimator")
     sizes = {k: 1 for k in ("test_size", "val_size", "rollout_workers") if cfg[k] is not None}
     budgets = {"budgets": 0.01} if OmegaConf.is_list(cfg.budgets) else {"budgets": 2}
-    check_minimums(cfg, {**budgets, "repeats": 1, "warmup": 0, "threads": 1, "latency_threads": 1, **sizes},
+    check_minimums(cfg, {**budgets, "repeats": 1, "warmup": 0, "threads": 1, "latency_threads": 1,
+                         "estimator_tolerance": 0, **sizes},
                    "evaluate.py")
 
 
@@ -121,6 +143,8 @@ def main(cfg: DictConfig) -> None:
     budgets = budget_points(asked, low, float(test.mean_latency_ms.max()), reference)
     choices = controller_choices(server, engine, pools["test"], settings, budgets, reference)
     result = evaluate_budgets(test, profiles["val"], budgets, choices, full=space.full, seed=cfg.seed)
+    if cfg.latency_source != "estimator":
+        result["estimator_drift"] = estimator_drift(run_cfg, vlm, pools, outcomes, test, cfg.estimator_tolerance)
     result.update(run_dir=str(cfg.run_dir), latency_source=cfg.latency_source, reference_ms=reference,
                   test_prompts=len(pools["test"]), val_prompts=len(pools["val"]),
                   wall_s=time.perf_counter() - started)

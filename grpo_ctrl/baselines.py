@@ -285,6 +285,11 @@ def markdown(result: dict) -> str:
               "", "| setting | accuracy | mean latency (ms) | Pareto |", "|---|---:|---:|:---:|"]
     lines += [f"| {s['knobs']} | {s['accuracy']:.3f} | {s['mean_latency_ms']:.1f} | {'✓' * s['pareto_front']} |"
               for s in result["settings"]]
+    if drift := result.get("estimator_drift"):
+        worst = drift["worst"]
+        lines += ["", f"The run's latency estimator on this machine: fractions of full off by up to "
+                      f"{drift['max_abs_drift']:.3f} ({worst['knobs']}: {worst['estimated_fraction']:.3f} estimated, "
+                      f"{worst['measured_fraction']:.3f} measured)."]
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from grpo_ctrl.baselines import (
     budget_points,
     evaluate_budgets,
     evaluate_choice,
+    markdown,
     oracle_gap_closed,
     paired_vs,
     pareto_front,
@@ -23,6 +24,7 @@ from grpo_ctrl.baselines import (
     write_outputs,
 )
 from grpo_ctrl.knobs import Knobs, KnobSpace
+from grpo_ctrl.latency.estimator import fraction_drift
 
 CHEAP, MID, FULL = Knobs("low", 2, 4), Knobs("high", 2, 6), Knobs("high", 4, 6)
 
@@ -211,6 +213,21 @@ def test_evaluate_budgets_end_to_end(tmp_path):
     assert by[20.0, "lut"]["diff_vs_lut"] == "" and by[20.0, "full"]["knobs"] == "high/k4/b6"
     md = paths["md"].read_text()
     assert md.count("\n| 5 |") + md.count("\n| 20 |") + md.count("\n| 30 |") == 3 and "high/k4/b6" in md
+    assert "latency estimator" not in md  # only measured or hooked evaluations compare it
+
+
+def test_fraction_drift_compares_each_setting_to_full_on_the_same_requests():
+    settings = ["cheap", "mid", "full"]
+    measured = np.array([[3.0, 5.0], [6.0, 6.0], [10.0, 10.0]])  # fractions 0.4, 0.6, 1
+    estimated = 2 * np.array([[2.0, 4.0], [6.0, 6.0], [10.0, 10.0]])  # another scale; fractions 0.3, 0.6, 1
+    drift = fraction_drift(settings, measured, estimated, full=2)
+    assert [r["measured_fraction"] for r in drift["settings"]] == pytest.approx([0.4, 0.6, 1.0])
+    assert [r["estimated_fraction"] for r in drift["settings"]] == pytest.approx([0.3, 0.6, 1.0])
+    assert drift["max_abs_drift"] == pytest.approx(0.1) and drift["worst"]["knobs"] == "cheap"
+    test, val, space = synthetic_profiles()
+    result = evaluate_budgets(test, val, [30.0], {30.0: np.zeros(200, dtype=int)}, full=space.full)
+    md = markdown({**result, "estimator_drift": drift})
+    assert "off by up to 0.100 (cheap: 0.300 estimated, 0.400 measured)" in md
 
 
 def test_budget_points_are_evenly_spaced_or_fractions_of_the_reference():

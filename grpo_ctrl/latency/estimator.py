@@ -280,6 +280,22 @@ def evaluate(estimator: LatencyEstimator, rows: Sequence[Mapping]) -> dict[str, 
     return out
 
 
+def fraction_drift(settings: Sequence, measured_ms: np.ndarray, estimated_ms: np.ndarray, full: int) -> dict:
+    """How far the estimator's latency fractions of the full setting are from the measured ones, per setting.
+
+    `measured_ms` and `estimated_ms` are (settings, requests) over the same requests; a setting's fraction is its
+    mean over them divided by the full setting's. A controller budgets by these fractions, so where an estimator
+    fitted on another machine under-estimates a setting it chooses violations, and where it over-estimates, it
+    leaves budget unused. `drift` is estimated - measured."""
+    measured, estimated = (np.asarray(x, dtype=np.float64).mean(axis=1) for x in (measured_ms, estimated_ms))
+    measured, estimated = measured / measured[full], estimated / estimated[full]
+    drift = estimated - measured
+    worst = int(np.abs(drift).argmax())
+    rows = [{"knobs": str(k), "measured_fraction": float(m), "estimated_fraction": float(e)}
+            for k, m, e in zip(settings, measured, estimated)]
+    return {"max_abs_drift": float(abs(drift[worst])), "worst": rows[worst], "settings": rows}
+
+
 class EstimatorLatency:
     """Latency provider backed by a fitted `LatencyEstimator` (no model run; vectorised)."""
 
