@@ -232,14 +232,16 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobIn
 
 
 def summary(report: dict) -> str:
-    lines = [f"{'budget':>8} {'ms':>7} {'ctrl acc':>9} {'viol':>6} {'static acc':>11} {'(x-fit)':>8} {'static':>14} "
-             f"{'ctrl-static (se) won/lost':>25} {'random':>7}"]
+    estimated = any("estimated_violation_rate" in b["controller"] for b in report["budgets"].values())
+    lines = [f"{'budget':>8} {'ms':>7} {'ctrl acc':>9} {'viol':>6} " + (f"{'(est)':>6} " if estimated else "")
+             + f"{'static acc':>11} {'(x-fit)':>8} {'static':>14} {'ctrl-static (se) won/lost':>25} {'random':>7}"]
     for frac, b in report["budgets"].items():
         best = b["best_static"] or {"accuracy": float("nan"), "crossfit_accuracy": float("nan"), "knobs": "-"}
         gap = best.get("controller_minus_static")
         gap = f"{gap['diff']:+.3f} ({gap['se']:.3f}) {gap['wins']}/{gap['losses']}" if gap else "-"
+        est = f"{b['controller']['estimated_violation_rate']:>6.3f} " if estimated else ""
         lines.append(f"{frac:>8} {b['budget_ms']:>7.2f} {b['controller']['accuracy']:>9.3f} "
-                     f"{b['controller']['violation_rate']:>6.3f} {best['accuracy']:>11.3f} "
+                     f"{b['controller']['violation_rate']:>6.3f} {est}{best['accuracy']:>11.3f} "
                      f"{best['crossfit_accuracy']:>8.3f} {best['knobs']:>14} {gap:>25} "
                      f"{b['random']['budgeted_accuracy']:>7.3f}")
     return "\n".join(lines)

@@ -51,8 +51,9 @@ def build_report(controller_report: dict, statics: dict, reference_ms: float, se
         rand_lat = np.array([settings[j]["latency"][i] for i, j in enumerate(pick)])
         out["budgets"][frac] = {
             "budget_ms": budget, "static_budget_ms": static_budget,
-            "controller": {k: ctrl[k] for k in ("accuracy", "violation_rate", "budgeted_accuracy", "latency_p50_ms",
-                                                "latency_p90_ms", "knobs")},
+            "controller": {k: ctrl[k] for k in ("accuracy", "violation_rate", "estimated_violation_rate",
+                                                "budgeted_accuracy", "latency_p50_ms", "latency_p90_ms", "knobs")
+                           if k in ctrl},
             "best_static": None if best is None else {
                 "knobs": best["knobs"], "accuracy": best["accuracy"], "mean_latency_ms": best["mean_latency_ms"],
                 "violation_rate": float((best["latency"] > static_budget).mean()),

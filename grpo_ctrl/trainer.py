@@ -196,15 +196,20 @@ class JointGRPOTrainer:
             todo += list(zip(*self._reference_requests()))
         lat = self.latency(provider, *zip(*todo)) if todo else np.zeros(0)
         measured = {key: t for key, t in zip(pairs, lat)}
+        # Validating with another source than training's: what the training provider (the estimator the
+        # controller learnt its budgets from) says of the same requests, to tell its drift from the policy's.
+        estimated = dict(zip(pairs, self.latency(self.train_latency, *zip(*pairs.values())))) \
+            if pairs and provider.name != self.train_latency.name else {}
         ref_ms = self.ref_ms
         if measure_reference:
             ref_ms = float(np.median(np.concatenate(self.ctx.all_gather_objects(lat[len(pairs):]))))
         # Per val prompt, in val-pool order (for paired comparisons): its (knobs, score, latency) at each budget.
-        rows = self.ctx.unshard([[(str(knobs[i]), outcomes[i].score, measured[(p.key, knobs[i])])
+        rows = self.ctx.unshard([[(str(knobs[i]), outcomes[i].score, measured[(p.key, knobs[i])],
+                                   estimated.get((p.key, knobs[i])))
                                   for knobs, outcomes in chosen.values()] for i, p in enumerate(shard)])
         report = {}
         for j, value in enumerate(chosen):
-            knobs, scores, lat = zip(*(row[j] for row in rows))
+            knobs, scores, lat, est = zip(*(row[j] for row in rows))
             scores, lat = np.array(scores), np.array(lat)
             budget = float(BudgetScale(self.cfg.budgets.unit, ref_ms).ms(value))
             report[f"{value:g}"] = {
@@ -214,6 +219,9 @@ class JointGRPOTrainer:
                 "budgeted_accuracy": float((scores * (lat <= budget)).mean()),
                 "knobs": dict(Counter(knobs).most_common()), "n": len(scores), "scores": scores.tolist(),
             }
+            if estimated:  # the same requests against the same budget fraction of the estimator's reference
+                est_budget = float(BudgetScale(self.cfg.budgets.unit, self.ref_ms).ms(value))
+                report[f"{value:g}"]["estimated_violation_rate"] = float((np.array(est) > est_budget).mean())
         return report
 
     @staticmethod

@@ -7,12 +7,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from grpo_ctrl.app import train
+from grpo_ctrl.app import summary, train
 from grpo_ctrl.config import register_configs
+from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.parallel import ParallelContext
 from grpo_ctrl.trainer import JointGRPOTrainer
 
@@ -87,22 +89,29 @@ def test_bad_config_exits_before_loading_anything(tmp_path, capsys):
 
 def test_measured_validation_budgets_are_fractions_of_the_measured_full_latency(tiny_model_dir, tmp_path,
                                                                                 monkeypatch):
-    from grpo_ctrl.latency import MeasuredLatency
+    from grpo_ctrl.latency import EstimatorLatency, MeasuredLatency
 
-    def fake_measure(self, requests):  # the "machine" runs full knobs in 100 ms, anything else in 30 ms
-        full = self.vlm.knob_space.full
-        return torch.tensor([100.0 if r.knobs == full else 30.0 for r in requests]).numpy()
+    def fake_latency(full_ms, other_ms):
+        def latency_ms(self, requests):
+            return np.array([full_ms if r.knobs == Knobs("high", 4, 4) else other_ms for r in requests])
+        return latency_ms
 
-    monkeypatch.setattr(MeasuredLatency, "latency_ms", fake_measure)
+    # The "machine" runs full knobs in 100 ms, anything else in 30 ms; the estimator says 200 and 100 (0.5 of full).
+    monkeypatch.setattr(MeasuredLatency, "latency_ms", fake_latency(100.0, 30.0))
+    monkeypatch.setattr(EstimatorLatency, "latency_ms", fake_latency(200.0, 100.0))
     report = train(small_cfg(tiny_model_dir, "latency=measured", "steps=1", "val_every=1"), tmp_path,
                    ParallelContext())
     assert report["val_reference_latency_ms"] == 100.0
-    assert report["reference_latency_ms"] != 100.0  # training's unit comes from the estimator
+    assert report["reference_latency_ms"] == 200.0  # training's unit comes from the estimator
     for frac, b in report["budgets"].items():
         assert b["budget_ms"] == pytest.approx(float(frac) * 100.0)
         n = sum(b["controller"]["knobs"].values())
         full_share = b["controller"]["knobs"].get("high/k4/b4", 0) / n
         assert b["controller"]["violation_rate"] == pytest.approx(full_share if float(frac) < 1 else 0.0)
+        # by the estimator every setting is over 0.4 of full; from 0.55 up the same requests as measured are over
+        estimated = 1.0 if float(frac) < 0.5 else b["controller"]["violation_rate"]
+        assert b["controller"]["estimated_violation_rate"] == pytest.approx(estimated)
+    assert "(est)" in summary(report)
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.4])
