@@ -21,7 +21,7 @@ from grpo_ctrl.build import build_data, build_vlm
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
 from grpo_ctrl.latency.measured import median_generate_ms
-from grpo_ctrl.vlm.evaluation import by_type, oracle_cheapest, score_setting
+from grpo_ctrl.vlm.evaluation import by_type, oracle_cheapest, score_setting, type_routing
 
 
 def monotone_violations(space, acc: dict, tolerance: float) -> list[str]:
@@ -64,13 +64,26 @@ def oracle_gap(settings, scores: dict, latency: dict, budget_ms: float) -> dict:
             "gap": oracle - static}
 
 
+def headroom(settings, scores: dict, latency: dict, qtypes, full_ms: float, fractions) -> list[dict]:
+    """Per budget (a fraction of the full setting's latency): the best static setting within it, routing by
+    question type (`type_routing`) and the per-request oracle: where a controller has something to win."""
+    out = []
+    for fraction in fractions:
+        gap = oracle_gap(settings, scores, latency, fraction * full_ms)
+        routed = type_routing(settings, scores, latency, qtypes, fraction * full_ms)
+        out.append({"fraction": fraction, "budget_ms": gap["budget_ms"], "best_static": gap["best_static"],
+                    "best_static_knobs": gap["best_static_knobs"], "type_routing": routed,
+                    "per_request_oracle": gap["oracle"]})
+    return out
+
+
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate_knobs")
 def main(cfg: DictConfig) -> None:
     check_minimums(cfg, {"samples": 1, "latency_requests": 1, "latency_repeats": 1, "threads": 1,
-                         "latency_threads": 1},
+                         "latency_threads": 1, "headroom_budgets": 0.01},
                    "evaluate_knobs.py")
     vlm = build_vlm(cfg.model)
     space = vlm.knob_space
@@ -97,6 +110,7 @@ def main(cfg: DictConfig) -> None:
     by_qtype = {t: Counter(str(k) for k, s in zip(oracle, samples) if s.qtype == t).most_common(3) for t in types}
     binds = knob_bottlenecks(space, table, types)
     at_half = oracle_gap(space.all(), scores, latency, latency[full] * cfg.oracle_budget)
+    room = headroom(space.all(), scores, latency, [s.qtype for s in samples], latency[full], cfg.headroom_budgets)
     targets = {
         "full_accuracy": acc[full], "full_accuracy>=0.9": acc[full] >= 0.9,
         "cheapest_accuracy": acc[cheap], "latency_ratio": latency[cheap] / latency[full],
@@ -108,7 +122,12 @@ def main(cfg: DictConfig) -> None:
     for t, common in by_qtype.items():
         print(f"  {t}: {common}")
     print("\ntargets:", json.dumps(targets, indent=2))
-    report = {"samples": len(samples), "split": "test", "targets": targets,
+    print(f"\n{'budget':>7}{'ms':>8}{'best static':>14}{'':>14}{'by type':>9}{'oracle':>8}")
+    for r in room:
+        routed = "-" if r["type_routing"] is None else f"{r['type_routing']:.3f}"
+        print(f"{r['fraction']:>7g}{r['budget_ms']:>8.2f}{r['best_static']:>14.3f}{str(r['best_static_knobs']):>14}"
+              f"{routed:>9}{r['per_request_oracle']:>8.3f}")
+    report = {"samples": len(samples), "split": "test", "targets": targets, "headroom": room,
               "settings": [{"knobs": str(k), "tier": k.tier, "top_k": k.top_k, "num_blocks": k.num_blocks,
                             "latency_ms": latency[k], "accuracy": table[k]} for k in space.all()],
               "oracle_histogram": dict(histogram), "oracle_by_type": {t: dict(c) for t, c in by_qtype.items()}}

@@ -25,6 +25,7 @@ from grpo_ctrl.baselines import (
 )
 from grpo_ctrl.knobs import Knobs, KnobSpace
 from grpo_ctrl.latency.estimator import fraction_drift
+from grpo_ctrl.vlm.evaluation import type_routing
 
 CHEAP, MID, FULL = Knobs("low", 2, 4), Knobs("high", 2, 6), Knobs("high", 4, 6)
 
@@ -233,3 +234,16 @@ def test_fraction_drift_compares_each_setting_to_full_on_the_same_requests():
 def test_budget_points_are_evenly_spaced_or_fractions_of_the_reference():
     assert budget_points(3, 10.0, 30.0, 40.0) == [10.0, 20.0, 30.0]
     assert budget_points([0.5, 1.0], 10.0, 30.0, 40.0) == [20.0, 40.0]
+
+
+def test_type_routing_sends_each_type_to_its_best_setting_within_the_budget():
+    shallow, deep, full = "shallow", "deep", "full"
+    qtypes = ["a", "a", "b", "b"]
+    scores = {shallow: np.array([1.0, 1.0, 0.0, 1.0]), deep: np.array([0.0, 1.0, 1.0, 1.0]),
+              full: np.ones(4)}
+    cost = {shallow: 1.0, deep: 2.0, full: 5.0}
+    settings = [shallow, deep, full]
+    # a -> shallow (2/2), b -> deep (2/2): every question, where the best single setting answers 3 of 4
+    assert type_routing(settings, scores, cost, qtypes, budget=2.0) == 1.0
+    assert type_routing(settings, scores, cost, qtypes, budget=1.0) == 0.75  # only shallow fits
+    assert type_routing(settings, scores, cost, qtypes, budget=0.5) is None

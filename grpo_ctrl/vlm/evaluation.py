@@ -42,6 +42,19 @@ def oracle_cheapest(settings: Sequence[Knobs], scores: dict[Knobs, np.ndarray], 
     return [next((k for k in order if scores[k][i] > 0.5), None) for i in range(n)]
 
 
+def type_routing(settings: Sequence[Knobs], scores: dict[Knobs, np.ndarray], cost: dict[Knobs, float],
+                 qtypes: Sequence[str], budget: float) -> float | None:
+    """Accuracy when each question type goes to the setting, among those costing at most `budget`, that answers
+    that type best: what a controller that knows the question type and nothing else can reach. Unlike the
+    per-request oracle it gains nothing from answers a setting gets right by chance. None if nothing fits."""
+    fits = [k for k in settings if cost[k] <= budget]
+    if not fits:
+        return None
+    qtypes = np.asarray(qtypes)
+    right = sum(max(float(scores[k][qtypes == t].sum()) for k in fits) for t in np.unique(qtypes))
+    return right / len(qtypes)
+
+
 @torch.no_grad()
 def first_token_correct(vlm: VLMAdapter, samples: Sequence[VQASample], knobs: Knobs,
                         keep: Sequence[int] | None = None, batch_size: int = 128) -> np.ndarray:
