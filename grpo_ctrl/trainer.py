@@ -196,10 +196,11 @@ class JointGRPOTrainer:
             todo += list(zip(*self._reference_requests()))
         lat = self.latency(provider, *zip(*todo)) if todo else np.zeros(0)
         measured = {key: t for key, t in zip(pairs, lat)}
-        # Validating with another source than training's: what the training provider (the estimator the
-        # controller learnt its budgets from) says of the same requests, to tell its drift from the policy's.
+        # Timed validation of a controller trained on the estimator: what the estimator says of the same requests
+        # (the budgets the controller learnt), to tell its drift on this machine from the policy's own overshoot.
+        compare = self.train_latency.name == "estimator" and provider.name != "estimator"
         estimated = dict(zip(pairs, self.latency(self.train_latency, *zip(*pairs.values())))) \
-            if pairs and provider.name != self.train_latency.name else {}
+            if compare and pairs else {}
         ref_ms = self.ref_ms
         if measure_reference:
             ref_ms = float(np.median(np.concatenate(self.ctx.all_gather_objects(lat[len(pairs):]))))
@@ -219,7 +220,7 @@ class JointGRPOTrainer:
                 "budgeted_accuracy": float((scores * (lat <= budget)).mean()),
                 "knobs": dict(Counter(knobs).most_common()), "n": len(scores), "scores": scores.tolist(),
             }
-            if estimated:  # the same requests against the same budget fraction of the estimator's reference
+            if compare:  # the same requests against the same budget fraction of the estimator's reference
                 est_budget = float(BudgetScale(self.cfg.budgets.unit, self.ref_ms).ms(value))
                 report[f"{value:g}"]["estimated_violation_rate"] = float((np.array(est) > est_budget).mean())
         return report
