@@ -204,7 +204,8 @@ class JointGRPOTrainer:
         ref_ms = self.ref_ms
         if measure_reference:
             ref_ms = float(np.median(np.concatenate(self.ctx.all_gather_objects(lat[len(pairs):]))))
-        # Per val prompt, in val-pool order (for paired comparisons): its (knobs, score, latency) at each budget.
+        # Per val prompt, in val-pool order (for paired comparisons): its (knobs, score, latency, estimated latency or
+        # None) at each budget.
         rows = self.ctx.unshard([[(str(knobs[i]), outcomes[i].score, measured[(p.key, knobs[i])],
                                    estimated.get((p.key, knobs[i])))
                                   for knobs, outcomes in chosen.values()] for i, p in enumerate(shard)])

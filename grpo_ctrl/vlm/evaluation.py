@@ -45,8 +45,9 @@ def oracle_cheapest(settings: Sequence[Knobs], scores: dict[Knobs, np.ndarray], 
 def type_routing(settings: Sequence[Knobs], scores: dict[Knobs, np.ndarray], cost: dict[Knobs, float],
                  qtypes: Sequence[str], budget: float) -> float | None:
     """Accuracy when each question type goes to the setting, among those costing at most `budget`, that answers
-    that type best: what a controller that knows the question type and nothing else can reach. Unlike the
-    per-request oracle it gains nothing from answers a setting gets right by chance. None if nothing fits."""
+    that type best: what a controller that knows the question type and nothing else can reach. It picks one
+    setting per type, not per request, so answers a setting gets right by chance lift it far less than the
+    per-request oracle. None if nothing fits."""
     fits = [k for k in settings if cost[k] <= budget]
     if not fits:
         return None
