@@ -1,7 +1,8 @@
 """Rollouts/s with 2 DDP ranks (gloo on CPU, nccl on GPU) against 1 rank, on the same global batch.
 
-Each rank runs the rollout engine (no memo reuse) on its own shard of the prompts x random knobs, as
-`parallel=ddp` does; wall time is from a barrier before to a barrier after.
+Each rank runs the rollout engine (a fresh one per round: no stored outcomes reused) on its own shard of the
+prompts x random knobs, as `parallel=ddp` does; wall time is from a barrier before to a barrier after. The engine
+computes on one intra-op thread per rank on a CPU (workers=1), so the ranks are the only parallelism.
 
     .venv/bin/python benchmarks/ddp_scaling.py [--prompts 32] [--group 8] [--rounds 3]
 """
@@ -39,14 +40,14 @@ def worker(rank: int, world: int, port: int, args, threads: int, out) -> None:
         pairs = [(p, settings[rng.integers(len(settings))]) for p in prompts for _ in range(args.group)]
         per_rank = len(prompts) // world
         mine = pairs[rank * per_rank * args.group:(rank + 1) * per_rank * args.group]
-        engine = RolloutEngine(vlm, memoize=False)
+        engine = RolloutEngine(vlm)
         dist.barrier()
         start = time.perf_counter()
         engine.run([p for p, _ in mine], [k for _, k in mine])
         dist.barrier()
         if r > 0:
             elapsed += time.perf_counter() - start
-            count += len(pairs)
+            count += per_rank * world * args.group  # what the ranks computed (a remainder of prompts is left out)
     if rank == 0:
         out.put(count / elapsed)
     del vlm
@@ -66,13 +67,16 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.prompts < 2 or args.rounds < 1:
+        ap.error("--prompts must be >= 2 (one per rank) and --rounds >= 1")
     cores = os.cpu_count() or 1
     one = measure(1, cores, args)
     two = measure(2, max(1, cores // 2), args)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {cores} cores"
     print(f"device: {device}; {args.prompts} prompts x group {args.group} per round, {args.rounds} rounds")
-    print(f"1 rank  ({cores} threads): {one:8.1f} rollouts/s")
-    print(f"2 ranks ({max(1, cores // 2)} threads each): {two:8.1f} rollouts/s")
+    # Rollouts compute on one intra-op thread per rank whatever torch.set_num_threads says (the engine's choice).
+    print(f"1 rank : {one:8.1f} rollouts/s")
+    print(f"2 ranks: {two:8.1f} rollouts/s")
     print(f"2 ranks / 1 rank: {two / one:.2f}x")
 
 

@@ -1,4 +1,5 @@
-"""Median end-to-end generate() latency (batch 1) and accuracy on a fixed sample, for every knob setting.
+"""Median end-to-end generate() latency (batch 1) and accuracy on a fixed sample, for every knob setting
+(accuracy from the rollout engine, in chunks of --batch-size, as training and evaluation score it).
 
     .venv/bin/python benchmarks/knob_latency.py [--model DIR] [--requests 8] [--repeats 5] [--samples 256]
 """
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
 
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.latency.measured import median_generate_ms
+from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring
 from grpo_ctrl.vlm import load_vlm
-from grpo_ctrl.vlm.evaluation import score_setting
 
 
 def main() -> None:
@@ -21,19 +23,21 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8, help="test requests timed per setting")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--samples", type=int, default=256, help="test samples for accuracy")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16, help="rows per chunk when scoring")
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads while timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     vlm = load_vlm(args.model)
     data = GridVQA()
     timed = data.split("test", args.requests)
-    scored = data.split("test", args.samples)
+    scored = list(PromptPool(data.split("test", args.samples), "test"))
+    engine = RolloutEngine(vlm, batch_size=args.batch_size, scoring=Scoring(gold_prob=False))
     print(f"{'setting':<16}{'image tok':>10}{'p50 ms':>9}{'accuracy':>10}")
     rows = []
     for knobs in vlm.knob_space.all():
-        acc = float(score_setting(vlm, scored, knobs).mean())
+        acc = float(np.mean([o.score for o in engine.run(scored, [knobs] * len(scored))]))
         rows.append((knobs, median_generate_ms(vlm, timed, knobs, warmup=1, repeats=args.repeats), acc))
-        tokens = vlm.image_tokens(vlm.inputs([timed[0].image], [timed[0].question], knobs.tier))
+        tokens = vlm.image_tokens(vlm.inputs([timed[0].image], [timed[0].question], knobs.tier))[0]
         print(f"{str(knobs):<16}{tokens:>10}{rows[-1][1]:>9.2f}{acc:>10.3f}", flush=True)
     lat = {k: t for k, t, _ in rows}
     cheap, full = vlm.knob_space.cheapest, vlm.knob_space.full

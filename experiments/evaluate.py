@@ -1,13 +1,17 @@
 """Held-out evaluation of a trained controller on the TEST split (never used for training or for choosing
 baselines), at budgets from the cheapest setting's latency to the full model's.
 
-Every knob setting answers every test and val request (the exhaustive grid); each (request, setting) pair gets a
-batch-1 latency, measured or hooked in interleaved passes (or estimated). Latency depends on a request's work
+Every knob setting answers every test and val request (the exhaustive grid, read from the run's outcome store where
+it holds them; the count computed vs read is printed); each (request, setting) pair gets a batch-1 latency,
+measured or hooked in interleaved passes (or estimated). Latency depends on a request's work
 signature (knobs, image / prompt / generated token counts), not on its pixels, so each distinct signature is
 timed once per pass on one of its requests and the time goes to all of them. The policies per budget: the
 controller (as served: `GreedyPolicy`), the static lookup table (the best setting per budget chosen on val),
 the oracle static setting (chosen on test), the per-request oracle (the best any controller can do), random
 knobs and the full model. Outputs JSON, CSV, markdown and a Pareto PNG (`grpo_ctrl.baselines`).
+
+Fidelity: the grid comes from the store's batched chunks, serving answers at batch 1. The share of (prompt, setting)
+pairs whose score differs between the two is measured on the first `fidelity_prompts` test prompts (`flip_rate`).
 
     python experiments/evaluate.py run_dir=outputs/<date>/<time> [latency_source=measured] [budgets=8]
     python experiments/evaluate.py run_dir=... budgets=[0.4,0.55,0.7,0.85,1.0]   # fractions of the full model
@@ -25,20 +29,37 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from grpo_ctrl.app import make_engine
 from grpo_ctrl.baselines import Profile, budget_points, evaluate_budgets, write_outputs
-from grpo_ctrl.build import build_data
+from grpo_ctrl.build import build_data, inspect_model, open_store
 from grpo_ctrl.cli import check_command_line, check_minimums
+from grpo_ctrl.config import RolloutConfig
 from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.latency import EstimatorError, Request, make_latency_provider
 from grpo_ctrl.latency.estimator import REFIT_COMMAND, fraction_drift
+from grpo_ctrl.outcomes import StoreError
 from grpo_ctrl.policy import greedy_knobs
-from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
+from grpo_ctrl.rollout import PromptPool, RolloutEngine
 from grpo_ctrl.serve import ServeError, Server, read_controller
 
 
 def grid_outcomes(engine: RolloutEngine, prompts, settings) -> dict:
     """Outcome of every (setting, prompt) pair."""
     return {k: engine.run(prompts, [k] * len(prompts)) for k in settings}
+
+
+def flip_rate(engine: RolloutEngine, prompts, settings, grid: dict) -> dict:
+    """Share of (prompt, setting) pairs whose score (and answer) differs between `grid` (the store's chunks) and
+    batch-1 generation of the same requests, as serving runs them."""
+    alone = RolloutEngine(engine.vlm, engine.max_new_tokens, batch_size=1, workers=engine.workers,
+                          scoring=engine.scoring)
+    try:
+        single = grid_outcomes(alone, prompts, settings)
+    finally:
+        alone.close()
+    pairs = [(a, b) for k in settings for a, b in zip(grid[k], single[k])]
+    return {"pairs": len(pairs), "score_flip_rate": float(np.mean([a.score != b.score for a, b in pairs])),
+            "answer_flip_rate": float(np.mean([a.answer != b.answer for a, b in pairs]))}
 
 
 def signature(knobs, outcome) -> tuple:
@@ -94,10 +115,10 @@ def estimator_drift(run_cfg, vlm, pools, outcomes, test: Profile, tolerance: flo
 def check(cfg: DictConfig) -> None:
     if cfg.latency_source not in ("measured", "hooked", "estimator"):
         raise ServeError(f"latency_source={cfg.latency_source!r} is unknown; use measured, hooked or estimator")
-    sizes = {k: 1 for k in ("test_size", "val_size", "rollout_workers") if cfg[k] is not None}
+    sizes = {k: 1 for k in ("test_size", "val_size", "workers") if cfg[k] is not None}
     budgets = {"budgets": 0.01} if OmegaConf.is_list(cfg.budgets) else {"budgets": 2}
     check_minimums(cfg, {**budgets, "repeats": 1, "warmup": 0, "threads": 1, "latency_threads": 1,
-                         "estimator_tolerance": 0, **sizes},
+                         "estimator_tolerance": 0, "fidelity_prompts": 0, **sizes},
                    "evaluate.py")
 
 
@@ -119,15 +140,27 @@ def main(cfg: DictConfig) -> None:
     sizes = {"test": cfg.test_size or run_cfg.data.test_size, "val": cfg.val_size or run_cfg.data.val_size}
     pools = {name: list(PromptPool(data.split(name, n), name)) for name, n in sizes.items()}
     settings = space.all()
-    engine = RolloutEngine(vlm, max_new_tokens=run_cfg.model.max_new_tokens,
-                           scoring=Scoring(run_cfg.data.metric, gold_prob=False),
-                           workers=cfg.rollout_workers or default_workers(run_cfg.model.device))
+    # The run's rollout settings (its store, batch plan and scoring), so that the grid reads what training computed.
+    run_cfg.rollout = OmegaConf.merge(OmegaConf.structured(RolloutConfig), run_cfg.get("rollout") or {},
+                                      {k: cfg[k] for k in ("store", "workers") if cfg[k] is not None})
+    try:
+        store = open_store(run_cfg.rollout, run_cfg.model, inspect_model(run_cfg.model), data)
+    except StoreError as err:
+        print(f"evaluate: {err}", file=sys.stderr)
+        sys.exit(2)
+    engine = make_engine(run_cfg, vlm, store)
     try:
         outcomes = {name: grid_outcomes(engine, prompts, settings) for name, prompts in pools.items()}
+        print(f"grid: {len(settings)} settings x {sum(map(len, pools.values()))} prompts in "
+              f"{time.perf_counter() - started:.0f} s: {store.computed} outcomes computed, {store.read} read from "
+              f"the store ({run_cfg.rollout.store or 'in memory'})", flush=True)
+        fidelity = flip_rate(engine, pools["test"][: cfg.fidelity_prompts], settings,
+                             {k: v[: cfg.fidelity_prompts] for k, v in outcomes["test"].items()})
+        print(f"fidelity: {fidelity['score_flip_rate']:.2%} of {fidelity['pairs']} (prompt, setting) pairs score "
+              f"differently at batch 1 than in the store's batches of {run_cfg.rollout.batch_size} "
+              f"({fidelity['answer_flip_rate']:.2%} answer differently)", flush=True)
     finally:
-        engine.close()
-    print(f"grid: {len(settings)} settings x {sum(map(len, pools.values()))} prompts answered in "
-          f"{time.perf_counter() - started:.0f} s", flush=True)
+        engine.close_workers()
     latency_cfg = OmegaConf.merge(run_cfg.latency, {"warmup": cfg.warmup, "repeats": cfg.repeats,
                                                     "threads": cfg.latency_threads})
     provider = make_latency_provider(cfg.latency_source, vlm, latency_cfg, experiment=LatencyExperiment(vlm=vlm))
@@ -142,10 +175,12 @@ def main(cfg: DictConfig) -> None:
     asked = OmegaConf.to_object(cfg.budgets) if OmegaConf.is_list(cfg.budgets) else int(cfg.budgets)
     budgets = budget_points(asked, low, float(test.mean_latency_ms.max()), reference)
     choices = controller_choices(server, engine, pools["test"], settings, budgets, reference)
+    engine.close()
     result = evaluate_budgets(test, profiles["val"], budgets, choices, full=space.full, seed=cfg.seed)
     if cfg.latency_source != "estimator":
         result["estimator_drift"] = estimator_drift(run_cfg, vlm, pools, outcomes, test, cfg.estimator_tolerance)
     result.update(run_dir=str(cfg.run_dir), latency_source=cfg.latency_source, reference_ms=reference,
+                  fidelity=fidelity, outcomes={"computed": store.computed, "read": store.read},
                   test_prompts=len(pools["test"]), val_prompts=len(pools["val"]),
                   wall_s=time.perf_counter() - started)
     paths = write_outputs(result, Path(HydraConfig.get().runtime.output_dir))

@@ -17,11 +17,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from grpo_ctrl.build import build_data, build_vlm
+from grpo_ctrl.build import build_data, build_vlm, inspect_model, open_store
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
 from grpo_ctrl.latency.measured import median_generate_ms
-from grpo_ctrl.vlm.evaluation import by_type, oracle_cheapest, score_setting, type_routing
+from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
+from grpo_ctrl.vlm.evaluation import by_type, oracle_cheapest, type_routing
 
 
 def monotone_violations(space, acc: dict, tolerance: float) -> list[str]:
@@ -82,25 +83,33 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate_knobs")
 def main(cfg: DictConfig) -> None:
-    check_minimums(cfg, {"samples": 1, "latency_requests": 1, "latency_repeats": 1, "threads": 1,
+    check_minimums(cfg, {"samples": 1, "latency_requests": 1, "latency_repeats": 1,
                          "latency_threads": 1, "headroom_budgets": 0.01},
                    "evaluate_knobs.py")
-    vlm = build_vlm(cfg.model)
+    spec, data = inspect_model(cfg.model), build_data(cfg.data)
+    store = open_store(cfg.rollout, cfg.model, spec, data)  # refused before the model loads if it is another's
+    vlm = build_vlm(cfg.model, spec)
     space = vlm.knob_space
-    samples = build_data(cfg.data).split("test", cfg.samples)[:]  # scored by every setting: built once
+    pool = PromptPool(data.split("test", cfg.samples), "test")
+    prompts = list(pool)
+    samples = [p.sample for p in prompts]
     timed = samples[: cfg.latency_requests]
+    engine = RolloutEngine(vlm, cfg.model.max_new_tokens, cfg.rollout.batch_size, store,
+                           workers=cfg.rollout.workers or default_workers(cfg.model.device),
+                           scoring=Scoring(cfg.data.metric))
     scores, latency, table = {}, {}, {}
     types = sorted({s.qtype for s in samples} - {""})  # "": no type column
     print(f"{'setting':<14}{'ms':>7}{'all':>7}" + "".join(f"{t:>10}" for t in types))
     for knobs in space.all():
-        torch.set_num_threads(cfg.threads)
-        scores[knobs] = score_setting(vlm, samples, knobs, cfg.data.metric, cfg.model.max_new_tokens)
+        scores[knobs] = np.array([o.score for o in engine.run(prompts, [knobs] * len(prompts))])
         torch.set_num_threads(cfg.latency_threads)  # one thread: far steadier on a shared machine
         latency[knobs] = median_generate_ms(vlm, timed, knobs, warmup=1, repeats=cfg.latency_repeats)
         table[knobs] = by_type(samples, scores[knobs])
         print(f"{str(knobs):<14}{latency[knobs]:>7.2f}{table[knobs]['all']:>7.3f}"
               + "".join(f"{table[knobs][t]:>10.3f}" for t in types), flush=True)
 
+    engine.close()
+    print(f"outcomes: {store.computed} computed, {store.read} read from the store ({cfg.rollout.store or 'in memory'})")
     acc = {k: v["all"] for k, v in table.items()}
     full, cheap = space.full, space.cheapest
     se = float(np.sqrt(0.25 / len(samples)))

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from grpo_ctrl.build import build_data, build_vlm, inspect_model
+from grpo_ctrl.build import build_data, build_vlm, inspect_model, open_store
 from grpo_ctrl.checkpoint import CHECKPOINT, CheckpointError, architecture, check_architecture, read_checkpoint
 from grpo_ctrl.config import ConfigError, validate
 from grpo_ctrl.controller import build_controller
@@ -23,6 +23,7 @@ from grpo_ctrl.job import JobInfo
 from grpo_ctrl.knobs import KnobError
 from grpo_ctrl.latency import EstimatorError, make_latency_provider
 from grpo_ctrl.latency.providers import load_estimator
+from grpo_ctrl.outcomes import StoreError
 from grpo_ctrl.parallel import (
     DistributedContext,
     ParallelContext,
@@ -75,7 +76,8 @@ def preflight(cfg: DictConfig, run_dir: Path | None = None) -> ModelDir:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
     try:
-        check_data(build_data(cfg.data), cfg.data)
+        data = build_data(cfg.data)
+        check_data(data, cfg.data)
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -85,6 +87,11 @@ def preflight(cfg: DictConfig, run_dir: Path | None = None) -> ModelDir:
             load_estimator(cfg.latency, spec.path, model_signature(spec.config))
     except (ModelDirError, KnobError, EstimatorError) as err:
         print(f"model error: {err}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        open_store(cfg.rollout, cfg.model, spec, data).close()
+    except StoreError as err:
+        print(f"store error: {err}", file=sys.stderr)
         sys.exit(2)
     if cfg.resume and run_dir is not None and (run_dir / CHECKPOINT).exists():
         try:
@@ -172,17 +179,25 @@ def train(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobInfo = J
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    vlm = build_vlm(cfg.model)
+    spec = inspect_model(cfg.model)
     data = build_data(cfg.data)
+    store = open_store(cfg.rollout, cfg.model, spec, data)
+    vlm = build_vlm(cfg.model, spec)
     replicas = make_replicas(vlm, dp_devices(cfg.parallel.devices)) if cfg.parallel.name == "dp" else ()
-    workers = cfg.rollout_workers or (1 if replicas else default_workers(cfg.model.device, local_ranks(ctx)))
-    scoring = Scoring(cfg.data.metric, gold_prob=cfg.reward.gold_prob_weight > 0)
-    engine = RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens, replicas=replicas, workers=workers,
-                           scoring=scoring)
+    engine = make_engine(cfg, vlm, store, replicas, local_ranks(ctx))
     try:
         return _train_with(cfg, run_dir, ctx, job, vlm, data, engine)
     finally:
         engine.close()
+
+
+def make_engine(cfg: DictConfig, vlm, store, replicas=(), ranks_here: int = 1) -> RolloutEngine:
+    """The rollout engine a job's `rollout` and `model` settings describe, over `store`."""
+    workers = cfg.rollout.workers or (1 if replicas else default_workers(cfg.model.device, ranks_here))
+    scoring = Scoring(cfg.data.metric, gold_prob=cfg.reward.gold_prob_weight > 0)
+    return RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens, batch_size=cfg.rollout.batch_size,
+                         store=store, replicas=replicas, workers=workers, scoring=scoring,
+                         vision_cache=cfg.rollout.vision_cache)
 
 
 def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobInfo, vlm, data,
@@ -222,6 +237,9 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobIn
                           timing=trainer.timing_report())
             json_path, png_path = write_report(report, run_dir)
             print(summary(report))
+            store = engine.store
+            print(f"outcomes: {store.computed} computed, {store.read} read from the store "
+                  f"({cfg.rollout.store or 'in memory'}; chunks of {cfg.rollout.batch_size})")
             print(f"outputs: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  controller: "
                   f"{run_dir / 'controller.pt'}\n  report: {json_path}, {png_path}", flush=True)
         ctx.barrier()

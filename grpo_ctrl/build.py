@@ -6,6 +6,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.data import GridVQA, VQASource
+from grpo_ctrl.fingerprint import model_dir_fingerprint
+from grpo_ctrl.outcomes import OutcomeStore
 from grpo_ctrl.vlm import ModelDir, VLMAdapter, inspect_model_dir
 from grpo_ctrl.vlm.loading import load_inspected
 
@@ -40,5 +42,11 @@ def build_data(data_cfg: DictConfig) -> VQASource:
     raise ValueError(f"data.name={data_cfg.name!r} is unknown; use grid_vqa or hf_vqa")
 
 
-def split_size(data_cfg: DictConfig, name: str) -> int | None:
-    return data_cfg.get(f"{name}_size")
+def open_store(rollout_cfg: DictConfig, model_cfg: DictConfig, spec: ModelDir, data: VQASource) -> OutcomeStore:
+    """The outcome store `rollout.store` names (in memory when null), bound to this model and data source: a store
+    made for others is refused (StoreError, one line), before any weight loads."""
+    if not rollout_cfg.get("store"):
+        return OutcomeStore()
+    device = "cuda" if model_cfg.get("device_map") else model_cfg.device
+    binding = {"model": model_dir_fingerprint(spec.path, model_cfg.dtype, device), "data": data.fingerprint()}
+    return OutcomeStore(rollout_cfg.store, binding)

@@ -169,6 +169,18 @@ class GRPOConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """How outcomes are computed and kept (grpo_ctrl/rollout.py, grpo_ctrl/outcomes.py)."""
+
+    batch_size: int = 16  # rows per chunk of the fixed plan (a split in source order, one knob setting); 1: batch 1
+    # A directory: outcomes and features on disk, shared by runs, ranks and sweep jobs. Default: the jobs of a
+    # multirun share <sweep dir>/outcomes; a single run keeps them in memory.
+    store: str | None = "${sweep_store:}"
+    workers: int | None = None  # processes computing chunks; null: one per CPU core (1 on a GPU, with dp)
+    vision_cache: int = 64  # encoded (chunk, tier) entries kept in memory (LRU)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -179,6 +191,7 @@ class TrainConfig:
     logger: LoggerConfig = MISSING
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     group_size: int = 8  # knob settings sampled per (prompt, budget)
     prompts_per_step: int = 16  # (prompt, budget) pairs per optimiser step, over all ranks
     lr: float = 1e-3
@@ -188,8 +201,22 @@ class TrainConfig:
     seed: int = 0
     resume: bool = True  # continue from <run dir>/checkpoints/last.pt when it exists
     threads: int = 2  # torch intra-op threads per process (rollouts always run on one: see grpo_ctrl/rollout.py)
-    rollout_workers: int | None = None  # processes computing rollouts; null: one per CPU core (1 on a GPU, with dp)
     progress: bool = True
+
+
+@dataclass
+class BuildConfig:
+    """experiments/build_outcomes.py: which pairs to compute, and this job's share of them."""
+
+    split: str = "train"  # train | val | test
+    settings: list[str] | None = None  # knob settings as printed (e.g. high/k4/b6); null: every one
+    shard: int = 0  # this job's share: chunks shard, shard + num_shards, ... (a Slurm array: -m build.shard=0,1,2)
+    num_shards: int = 1
+
+
+@dataclass
+class BuildOutcomesConfig(TrainConfig):
+    build: BuildConfig = field(default_factory=BuildConfig)
 
 
 def run_stamp() -> str:
@@ -198,11 +225,24 @@ def run_stamp() -> str:
     return f"torchrun-{job[:12]}" if job else datetime.now().strftime("%H-%M-%S-%f")
 
 
+def sweep_store() -> str | None:
+    """<sweep dir>/outcomes in a Hydra multirun (every job of the sweep reads and fills it), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return os.path.abspath(os.path.join(HydraConfig.get().sweep.dir, "outcomes"))
+
+
 def register_configs() -> None:
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+    if not OmegaConf.has_resolver("sweep_store"):
+        OmegaConf.register_new_resolver("sweep_store", sweep_store)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="build_outcomes_schema", node=BuildOutcomesConfig)
     for group, node in [("model", ModelConfig), ("data", DataConfig), ("controller", ControllerConfig),
                         ("reward", RewardConfig), ("latency", LatencyConfig), ("parallel", ParallelConfig),
                         ("logger", LoggerConfig)]:
@@ -247,6 +287,13 @@ def validate_data(data: DictConfig | Any) -> None:
                  "base dir of data.data_files")
 
 
+def validate_rollout(rollout: DictConfig | Any) -> None:
+    _require(rollout.workers is None or rollout.workers >= 1,
+             f"rollout.workers={rollout.workers} must be >= 1, or null for one per CPU core")
+    _require(rollout.batch_size >= 1, f"rollout.batch_size={rollout.batch_size} must be >= 1 (1: batch-1 rollouts)")
+    _require(rollout.vision_cache >= 1, f"rollout.vision_cache={rollout.vision_cache} must be >= 1")
+
+
 def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
     """Check relations between values; one clear line per problem (the first one found)."""
     for key, allowed in _CHOICES.items():
@@ -270,11 +317,10 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
     _require(cfg.parallel.nproc >= 1, f"parallel.nproc={cfg.parallel.nproc} must be >= 1 (worker processes for ddp)")
     _require(cfg.latency.threads is None or cfg.latency.threads >= 1,
              f"latency.threads={cfg.latency.threads} must be >= 1, or null to time with the run's threads")
-    _require(cfg.rollout_workers is None or cfg.rollout_workers >= 1,
-             f"rollout_workers={cfg.rollout_workers} must be >= 1, or null for one per CPU core")
-    _require(cfg.parallel.name != "dp" or (cfg.rollout_workers or 1) == 1,
-             f"rollout_workers={cfg.rollout_workers} with parallel=dp: dp replicas answer the rollouts; drop "
-             "rollout_workers")
+    validate_rollout(cfg.rollout)
+    _require(cfg.parallel.name != "dp" or (cfg.rollout.workers or 1) == 1,
+             f"rollout.workers={cfg.rollout.workers} with parallel=dp: dp replicas answer the rollouts; drop "
+             "rollout.workers")
     _require(cfg.latency.train_noise_cv >= 0, f"latency.train_noise_cv={cfg.latency.train_noise_cv} must be >= 0")
     _require(cfg.grpo.epsilon > 0, f"grpo.epsilon={cfg.grpo.epsilon} must be > 0")
     b = cfg.budgets

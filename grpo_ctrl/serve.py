@@ -100,7 +100,7 @@ class Server:
             begin = now(device)
             inputs = {k: v.to(device) for k, v in vlm.inputs([image], [question], tier).items()}
             encoded.update(inputs=inputs, vision=vlm.encode_vision(inputs, tier), ms=now(device) - begin)
-            return vlm.vision_summary(encoded["vision"]).numpy()
+            return vlm.vision_summary(encoded["vision"][0]).numpy()
 
         with self._lock, torch.no_grad():
             start = now(device)

@@ -19,11 +19,12 @@ from grpo_ctrl.controller import TwoStageController
 from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import Request
+from grpo_ctrl.outcomes import Outcome
 from grpo_ctrl.parallel import ParallelContext
 from grpo_ctrl.policy import GreedyPolicy, greedy_knobs
 from grpo_ctrl.preemption import StopSignals
 from grpo_ctrl.reward import RewardFn, accuracy_signal
-from grpo_ctrl.rollout import Outcome, Prompt, RolloutEngine
+from grpo_ctrl.rollout import Prompt, RolloutEngine
 
 
 def complexity(space, knobs: Sequence[Knobs]) -> np.ndarray:
@@ -125,7 +126,7 @@ class JointGRPOTrainer:
         uniforms = torch.from_numpy(rng.random((cfg.prompts_per_step, G, 3))).float()
         per_rank = cfg.prompts_per_step // ctx.world_size
         mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
-        prompts = [self.train_pool[i] for i in idx[mine] for _ in range(G)]
+        prompts = [p for p in [self.train_pool[int(i)] for i in idx[mine]] for _ in range(G)]  # built once each
         assert len(prompts) == per_rank * G, "a GRPO group must never be split across ranks"
         b, q, v, actions = self.decide(prompts, np.repeat(fractions[mine], G), uniforms[mine].reshape(-1, 3))
         knobs = self.controller.to_knobs(actions)
@@ -262,8 +263,12 @@ class JointGRPOTrainer:
         return True
 
     def timing_report(self) -> dict:
+        """Wall and rollout figures; `outcomes_computed` / `outcomes_read`: this process's segment (a resumed run
+        reads what the store kept)."""
+        store = self.engine.store
         return {"train_wall_s": self.timing["wall_s"], "rollouts": self.timing["rollouts"],
-                "rollouts_per_s": self.timing["rollouts"] / self.timing["step_s"] if self.timing["step_s"] else None}
+                "rollouts_per_s": self.timing["rollouts"] / self.timing["step_s"] if self.timing["step_s"] else None,
+                "outcomes_computed": store.computed, "outcomes_read": store.read}
 
     # ------------------------------------------------------------ loop
     def fit(self) -> dict:

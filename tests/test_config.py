@@ -56,7 +56,8 @@ def test_every_group_option_composes_and_validates(group, option):
     ("latency.statistic=mean", "latency.statistic='mean'"),
     ("reward.gold_prob_weight=1.5", "reward.gold_prob_weight=1.5"),
     ("logger.mode=cloud", "logger.mode='cloud'"),
-    ("rollout_workers=0", "rollout_workers=0"),
+    ("rollout.workers=0", "rollout.workers=0"),
+    ("rollout.batch_size=0", "rollout.batch_size=0"),
     ("data.metric=bleu", "data.metric='bleu'"),
     ("data.val_size=0", "data.val_size=0"),
     ("data.train_size=null", "data.train_size=null with data=grid_vqa"),
@@ -70,8 +71,8 @@ def test_bad_values_are_rejected_with_one_line(override, message):
 
 
 def test_dp_replicas_and_rollout_workers_exclude_each_other():
-    with pytest.raises(ConfigError, match="rollout_workers=2 with parallel=dp"):
-        validate(_compose(["parallel=dp", "rollout_workers=2"]))
+    with pytest.raises(ConfigError, match="rollout.workers=2 with parallel=dp"):
+        validate(_compose(["parallel=dp", "rollout.workers=2"]))
 
 
 def test_prompts_must_divide_across_ranks():

@@ -10,8 +10,9 @@ from grpo_ctrl.data import GridVQA
 from grpo_ctrl.data.synthetic import DEFAULT_MIX
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import LatencyEstimator
+from grpo_ctrl.rollout import PromptPool, RolloutEngine
 from grpo_ctrl.vlm import EMBEDDED_DIR, load_vlm
-from grpo_ctrl.vlm.evaluation import by_type, score_setting
+from grpo_ctrl.vlm.evaluation import by_type
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +21,22 @@ def embedded():
 
 
 @pytest.fixture(scope="module")
-def test_questions():
-    return GridVQA().split("test", 240)
+def engine(embedded):
+    return RolloutEngine(embedded, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def test_prompts():
+    return list(PromptPool(GridVQA().split("test", 240), "test"))
+
+
+@pytest.fixture(scope="module")
+def test_questions(test_prompts):
+    return [p.sample for p in test_prompts]
+
+
+def scores(engine, prompts, knobs) -> np.ndarray:
+    return np.array([o.score for o in engine.run(prompts, [knobs] * len(prompts))])
 
 
 def test_shipped_files_are_complete_and_small():
@@ -38,9 +53,9 @@ def test_block_order_comes_from_the_importance_file(embedded):
     assert embedded.block_drop_order == order and 0 not in order
 
 
-def test_full_knobs_answer_well_and_cheapest_knobs_lose_accuracy(embedded, test_questions):
-    full = score_setting(embedded, test_questions, embedded.knob_space.full)
-    cheap = score_setting(embedded, test_questions, embedded.knob_space.cheapest)
+def test_full_knobs_answer_well_and_cheapest_knobs_lose_accuracy(embedded, engine, test_prompts):
+    full = scores(engine, test_prompts, embedded.knob_space.full)
+    cheap = scores(engine, test_prompts, embedded.knob_space.cheapest)
     assert full.mean() >= 0.9
     assert cheap.mean() <= full.mean() - 0.2
 
@@ -51,10 +66,10 @@ def test_full_knobs_answer_well_and_cheapest_knobs_lose_accuracy(embedded, test_
     ("code", Knobs("high", 4, 6), Knobs("high", 4, 2), 0.15),  # a quadrant's colour, then a table lookup: depth
     ("chain", Knobs("high", 4, 6), Knobs("high", 4, 2), 0.15),  # a pointer chase of 2-4 hops: depth
 ])
-def test_each_type_needs_its_knob(embedded, test_questions, qtype, needed, cheaper, drop):
-    questions = [s for s in test_questions if s.qtype == qtype]
+def test_each_type_needs_its_knob(engine, test_prompts, qtype, needed, cheaper, drop):
+    questions = [p for p in test_prompts if p.sample.qtype == qtype]
     assert len(questions) >= 20
-    with_knob, without = (score_setting(embedded, questions, k).mean() for k in (needed, cheaper))
+    with_knob, without = (scores(engine, questions, k).mean() for k in (needed, cheaper))
     assert with_knob >= without + drop
 
 
@@ -65,7 +80,7 @@ def test_shipped_estimator_predicts_more_latency_for_more_work():
     assert 0 < cheap < full
 
 
-def test_per_type_table_has_every_type(embedded, test_questions):
-    table = by_type(test_questions, score_setting(embedded, test_questions, Knobs("high", 4, 6)))
+def test_per_type_table_has_every_type(engine, test_prompts, test_questions):
+    table = by_type(test_questions, scores(engine, test_prompts, Knobs("high", 4, 6)))
     assert {"all"} | {t for t, w in DEFAULT_MIX.items() if w > 0} == table.keys()
     assert np.isfinite(list(table.values())).all()

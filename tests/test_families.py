@@ -55,9 +55,9 @@ def test_tier_sets_image_tokens_that_reach_the_language_model(load, model_dir, s
             vlm.generate(inputs, Knobs(tier, max(vlm.knob_space.top_ks), vlm.num_blocks_total), max_new_tokens=1)
         finally:
             handle.remove()
-        tokens = vlm.image_tokens(inputs)
+        tokens = vlm.image_tokens(inputs)[0]
         assert seen == [inputs["input_ids"].shape[1]]  # the prefill carries exactly the prompt, image tokens included
-        assert vlm.encode_vision(inputs, tier)["image_features"].shape[0] == tokens
+        assert vlm.encode_vision(inputs, tier)[0]["image_features"].shape[0] == tokens
         counts.append(tokens)
     assert counts == sorted(counts) and len(set(counts)) == len(counts)  # cheapest tier first, each distinct
 
@@ -137,6 +137,23 @@ def test_pre_encoded_vision_gives_the_same_answers(load, model_dir, samples):
         assert torch.equal(a.new_tokens, b.new_tokens)
 
 
+def test_a_batch_with_pre_encoded_vision_answers_as_each_row_alone(load, model_dir, samples):
+    """The rollout plan's batches: left-padded rows of different lengths, vision encoded as one batch."""
+    vlm = load(model_dir)
+    rows = list(GridVQA().split("val", 4))  # questions of different lengths
+    for tier in vlm.knob_space.tier_names:
+        knobs = Knobs(tier, max(vlm.knob_space.top_ks), min(vlm.knob_space.num_blocks))
+        inputs = vlm.inputs([s.image for s in rows], [s.question for s in rows], tier)
+        batch = vlm.generate(vlm.text_inputs(inputs), knobs, max_new_tokens=3, min_new_tokens=3,
+                             vision=vlm.encode_vision(inputs, tier))
+        for i, s in enumerate(rows):
+            alone = vlm.inputs([s.image], [s.question], tier)
+            assert vlm.image_tokens(inputs)[i] == vlm.image_tokens(alone)[0]
+            assert vlm.prompt_tokens(inputs)[i] == alone["input_ids"].shape[1]
+            one = vlm.generate(alone, knobs, max_new_tokens=3, min_new_tokens=3)
+            assert torch.equal(batch.new_tokens[i], one.new_tokens[0])
+
+
 def test_a_multi_token_gold_answer_is_scored_teacher_forced(load, model_dir, samples):
     vlm = load(model_dir)
     knobs, s = vlm.knob_space.full, samples[0]
@@ -159,7 +176,7 @@ def test_one_hooked_measurement(load, model_dir, samples):
     t = exp.measure_inference_latency(samples[0], exp.vlm.knob_space.full, max_new_tokens=3, min_new_tokens=3)
     assert t.vision > 0 and t.prefill > 0 and t.num_decode_steps == 2
     assert t.vision + t.prefill + t.decode == pytest.approx(t.total)
-    assert t.image_tokens == exp.vlm.image_tokens(exp.inputs_for(samples[0], exp.vlm.knob_space.full))
+    assert t.image_tokens == exp.vlm.image_tokens(exp.inputs_for(samples[0], exp.vlm.knob_space.full))[0]
 
 
 def test_train_runs_on_the_family(family, model_dir, tmp_path):
@@ -182,7 +199,7 @@ def test_train_runs_on_the_family(family, model_dir, tmp_path):
         cfg = compose(config_name="config", overrides=[
             "model=hf", f"model.path={model_dir}", f"latency.estimator_path={path}", "steps=2", "val_every=2",
             "ckpt_every=2", "prompts_per_step=2", "group_size=2", "data.train_size=4", "data.val_size=2",
-            "logger=none", "progress=false", "threads=1", "rollout_workers=1", "budgets.val=[0.5,1.0]", *tiers])
+            "logger=none", "progress=false", "threads=1", "rollout.workers=1", "budgets.val=[0.5,1.0]", *tiers])
     report = train(cfg, tmp_path / "run", ParallelContext())
     assert set(report["budgets"]) == {"0.5", "1"}
     assert (tmp_path / "run" / "controller.pt").is_file()

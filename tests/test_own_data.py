@@ -47,7 +47,7 @@ def test_pretrain_then_train_on_a_dataset_on_disk(tmp_path):
     run = tmp_path / "train"
     _run("train.py", "model=hf", f"model.path={model}", *data_args, "model.max_new_tokens=4", "steps=4",
          "val_every=4", "ckpt_every=4", "prompts_per_step=2", "group_size=2", "logger=none", "progress=false",
-         "budgets.val=[0.5,1.0]", "rollout_workers=1", f"hydra.run.dir={run}")
+         "budgets.val=[0.5,1.0]", "rollout.workers=1", f"hydra.run.dir={run}")
     report = json.loads((run / "val_report.json").read_text())
     assert len(report["budgets"]) == 2
     assert all(0 <= b["controller"]["accuracy"] <= 1 for b in report["budgets"].values())

@@ -19,7 +19,7 @@ TORCHRUN = str(Path(PY).with_name("torchrun"))
 def overrides(model_dir, *extra):
     return ["model=hf", f"model.path={model_dir}", "steps=3", "val_every=3", "ckpt_every=3", "prompts_per_step=4",
             "group_size=4", "data.train_size=24", "data.val_size=10", "logger=none", "progress=false", "threads=1",
-            "rollout_workers=1", *extra]
+            "rollout.workers=1", *extra]
 
 
 def run(cmd, timeout=240):
@@ -84,7 +84,7 @@ def test_multirun_with_ddp_keeps_one_dir_and_one_wandb_run_per_job(tiny_model_di
     res = run([PY, "train.py", "-m", "parallel=ddp", "parallel.nproc=2", "group_size=2,4", *args, "logger=wandb",
                "logger.mode=offline", f"hydra.sweep.dir={tmp_path}"], timeout=400)
     assert res.returncode == 0, res.stderr[-2000:]
-    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name != "outcomes")  # the jobs' shared store
     assert [p.name for p in jobs] == ["0", "1"]
     for job in jobs:
         assert (job / "controller.pt").is_file()

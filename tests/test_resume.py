@@ -32,7 +32,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_the_same_command_ends_as_an_un
                                                                                                tmp_path):
     """No checkpoint is due before the end (ckpt_every=1000): the one the run resumes from is the signal's. The
     rollout workers (2) ignore the signal, as they must when Slurm signals every process of a job."""
-    args = ("steps=30", "val_every=15", "ckpt_every=1000", "rollout_workers=2")
+    args = ("steps=30", "val_every=15", "ckpt_every=1000", "rollout.workers=2")
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     res = subprocess.run(tiny_command(tiny_model_dir, straight, *args, "logger=none"), cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
@@ -73,7 +73,7 @@ def test_a_torn_last_metrics_line_does_not_stop_the_resume(tiny_model_dir, tmp_p
 def trained_run(tiny_model_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     res = subprocess.run(tiny_command(tiny_model_dir, run_dir, "steps=2", "val_every=2", "logger=none",
-                                      "rollout_workers=1"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+                                      "rollout.workers=1"), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     return run_dir
 

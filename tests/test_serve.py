@@ -120,10 +120,29 @@ def test_command_line(run, tmp_path):
     assert "exactly one of budget_ms" in missing.stderr
 
 
+def test_a_second_evaluation_reads_the_whole_grid_from_the_store(run, tmp_path):
+    """evaluate.py's grid over a shared outcome store: the first pass computes it, the next makes no model call."""
+    def evaluate(name):
+        res = subprocess.run([sys.executable, "experiments/evaluate.py", f"run_dir={run[0]}",
+                              "latency_source=estimator", "budgets=2", "test_size=6", "val_size=4", "workers=1",
+                              "threads=1", "fidelity_prompts=2",
+                              f"store={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / name}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return json.loads((tmp_path / name / "evaluation.json").read_text())
+
+    first, second = evaluate("first"), evaluate("second")
+    settings = 27
+    assert first["outcomes"]["computed"] >= settings * 10 and second["outcomes"] == {"computed": 0,
+                                                                                     "read": settings * 10}
+    assert first["fidelity"]["pairs"] == settings * 2 and 0 <= first["fidelity"]["score_flip_rate"] <= 1
+    assert [b["policies"] for b in first["budgets"]] == [b["policies"] for b in second["budgets"]]
+
+
 def test_evaluate_fills_every_column_on_the_test_split(run, tmp_path):
     out = tmp_path / "evaluation"
     res = subprocess.run([sys.executable, "experiments/evaluate.py", f"run_dir={run[0]}", "latency_source=estimator",
-                          "budgets=3", "test_size=10", "val_size=8", "rollout_workers=1", "threads=1",
+                          "budgets=3", "test_size=10", "val_size=8", "workers=1", "threads=1",
                           f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads((out / "evaluation.json").read_text())

@@ -37,7 +37,7 @@ def slurm():
 
 def tiny(model_dir, *extra):
     return ["model=hf", f"model.path={model_dir}", "prompts_per_step=4", "group_size=4", "data.train_size=24",
-            "data.val_size=8", "progress=false", "threads=1", "rollout_workers=2", *extra]
+            "data.val_size=8", "progress=false", "threads=1", "rollout.workers=2", *extra]
 
 
 def job_name(sweep_dir) -> str:
@@ -156,7 +156,7 @@ def test_an_interrupted_job_is_requeued_and_ends_as_an_uninterrupted_run(tiny_mo
     assert len(ids) == 2 and len(set(ids)) == 1  # one wandb run, resumed
 
 
-DDP = ("steps=3", "val_every=3", "ckpt_every=3", "data.val_size=10", "logger=none", "rollout_workers=1")
+DDP = ("steps=3", "val_every=3", "ckpt_every=3", "data.val_size=10", "logger=none", "rollout.workers=1")
 
 
 def test_ddp_across_two_slurm_tasks_completes_with_one_writer(tiny_model_dir, tmp_path):

@@ -24,7 +24,7 @@ def sweep(tiny_model_dir, tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("multirun")
     res = run([sys.executable, "train.py", "-m", "group_size=2,4", "model=hf", f"model.path={tiny_model_dir}",
                "steps=2", "val_every=2", "prompts_per_step=4", "data.train_size=24", "data.val_size=8",
-               "logger=wandb", "logger.mode=offline", "progress=false", "threads=1", "rollout_workers=1",
+               "logger=wandb", "logger.mode=offline", "progress=false", "threads=1", "rollout.workers=1",
                f"hydra.sweep.dir={sweep_dir}"])
     assert res.returncode == 0, res.stderr[-2000:]
     return sweep_dir, res.stdout
@@ -65,3 +65,18 @@ def test_aggregate_sweep_tabulates_every_job_and_budget_against_the_swept_parame
 def test_aggregate_sweep_of_a_dir_without_jobs_stops_with_one_line(tmp_path):
     line = _one_line(run([*AGGREGATE, str(tmp_path)]))
     assert line.startswith(f"aggregate_sweep: {tmp_path} holds no finished job") and "multirun" in line
+
+
+def test_the_jobs_of_a_sweep_share_one_outcome_store(tiny_model_dir, tmp_path):
+    """By default a multirun's jobs read and fill <sweep dir>/outcomes: two jobs that sample the same pairs (they
+    differ only in ckpt_every), the second computes none and ends with the same controller."""
+    res = run([sys.executable, "train.py", "-m", "ckpt_every=2,3", "model=hf", f"model.path={tiny_model_dir}",
+               "steps=2", "val_every=2", "prompts_per_step=4", "group_size=2", "data.train_size=24",
+               "data.val_size=8", "logger=none", "progress=false", "threads=1", "rollout.workers=1",
+               f"hydra.sweep.dir={tmp_path}"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    first, second = (json.loads((tmp_path / num / "val_report.json").read_text()) for num in ("0", "1"))
+    assert (tmp_path / "outcomes" / "outcomes.sqlite").is_file()
+    assert first["timing"]["outcomes_computed"] > 0 and second["timing"]["outcomes_computed"] == 0
+    assert second["timing"]["outcomes_read"] > 0
+    assert [b["controller"] for b in first["budgets"].values()] == [b["controller"] for b in second["budgets"].values()]

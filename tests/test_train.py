@@ -31,7 +31,7 @@ def small_cfg(model_dir, *overrides):
         return compose(config_name="config", overrides=[
             "model=hf", f"model.path={model_dir}", "steps=3", "val_every=3", "ckpt_every=1", "prompts_per_step=4",
             "group_size=4", "data.train_size=24", "data.val_size=8", "logger=none", "progress=false", "threads=1",
-            "rollout_workers=1", *overrides])
+            "rollout.workers=1", *overrides])
 
 
 def test_smoke_training_writes_every_output(tiny_model_dir, tmp_path):
@@ -163,7 +163,7 @@ def test_sigkill_between_checkpoints_then_the_same_command_matches_an_uninterrup
     cmd = [sys.executable, "train.py", "model=hf", f"model.path={tiny_model_dir}", "steps=30", "val_every=15",
            "ckpt_every=10",
            "prompts_per_step=4", "group_size=4", "data.train_size=24", "data.val_size=8", "logger=none",
-           "progress=false", "threads=1", "rollout_workers=2"]
+           "progress=false", "threads=1", "rollout.workers=2"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     res = subprocess.run([*cmd, f"hydra.run.dir={straight}"], cwd=root, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -32,7 +32,7 @@ def test_tier_sets_image_tokens_in_sequence_and_in_vision_encoder(tiny_vlm, batc
         handle.remove()
     assert seen == [tokens]
     one = _inputs(tiny_vlm, batch[:1], tier)
-    assert tiny_vlm.encode_vision(one, tier)["image_features"].shape[0] == tokens
+    assert tiny_vlm.encode_vision(one, tier)[0]["image_features"].shape[0] == tokens
 
 
 @pytest.mark.parametrize("top_k", [1, 2, 4])

@@ -45,7 +45,13 @@ class HFSplit(Split):
         return self._len
 
     def _get(self, index: int) -> VQASample:
-        return self.source.sample(self.name, int(self.rows[index]) if self.rows is not None else index)
+        return self.source.sample(self.name, self._row(index))
+
+    def sample_id(self, index: int) -> str:
+        return f"{self.name}/{self._row(index)}"
+
+    def _row(self, index: int) -> int:
+        return int(self.rows[index]) if self.rows is not None else index
 
 
 class HFVQA:
@@ -101,6 +107,17 @@ class HFVQA:
             return HFSplit(self, name, None)
         rng = np.random.default_rng([self.seed, SPLITS.index(name)])
         return HFSplit(self, name, np.sort(rng.choice(n, size=size, replace=False)))
+
+    def fingerprint(self) -> dict:
+        """The content fingerprint `datasets` keeps for each split that opens, with the field mapping and image root
+        (relative image paths resolve there)."""
+        splits = {}
+        for name in self.splits:
+            try:
+                splits[name] = self.dataset(name)._fingerprint
+            except DataError:  # an unmapped or missing split holds no samples to tell apart
+                continue
+        return {"source": "hf_vqa", "splits": splits, "fields": self.fields, "image_root": str(self.image_root)}
 
     def check(self, names: Iterable[str] = SPLITS) -> None:
         """Raise the one-line `DataError` of the first problem in framework splits `names` (those a job needs): an

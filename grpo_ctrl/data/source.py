@@ -55,9 +55,13 @@ class LazySequence(Sequence):
 
 
 class Split(LazySequence):
-    """A lazily indexable split of samples (`_get(i)` returns a `VQASample`)."""
+    """A lazily indexable split of samples (`_get(i)` returns a `VQASample`; `sample_id(i)` names it stably within
+    its source: the same sample has the same id in every process and every split size)."""
 
     def _get(self, index: int) -> VQASample:
+        raise NotImplementedError
+
+    def sample_id(self, index: int) -> str:
         raise NotImplementedError
 
 
@@ -66,6 +70,11 @@ class VQASource(Protocol):
     """A VQA dataset: `split(name, size)` for name in SPLITS; `size` None means all of it (where that is finite)."""
 
     def split(self, name: str, size: int | None = None) -> Split:
+        ...
+
+    def fingerprint(self) -> dict:
+        """What determines the samples (generator settings, or the dataset's content fingerprint and field mapping):
+        a sample's id is unique within one fingerprint."""
         ...
 
 

@@ -112,6 +112,9 @@ class GridSplit(Split):
     def _get(self, index: int) -> VQASample:
         return self.source.sample(self.name, self.start + index)
 
+    def sample_id(self, index: int) -> str:
+        return f"{self.name}/{self.start + index}"
+
 
 class GridVQA:
     """Deterministic generator (a `VQASource`): sample ``i`` of a split depends only on (seed, split, i). Each
@@ -162,6 +165,13 @@ class GridVQA:
         self.relay_table = np.random.default_rng([seed, 98]).integers(relay_keys, size=(relay_keys, len(COLOURS)))
         self.pair_table = np.random.default_rng([seed, 97]).integers(CODES, size=(pair_keys, pair_keys))
         self.points_to = np.array([COLOUR_POINTS_TO[c] for c in self.colour_names])
+        self._settings = {"source": "grid_vqa", "seed": seed, "mix": mix, "odd_cells": list(odd_cells), "noise": noise,
+                          "grid": grid, "cell_px": cell_px, "odd_squares": list(odd_squares),
+                          "chain_hops": list(self.chain_hops), "cell_mosaics": list(cell_mosaics),
+                          "relay_hops": list(self.relay_hops), "pair_keys": pair_keys, "relay_keys": relay_keys}
+
+    def fingerprint(self) -> dict:
+        return dict(self._settings)
 
     def sample(self, split: str, index: int) -> VQASample:
         return self.image_questions(split, index, 1)[0]

@@ -8,8 +8,7 @@ it into phases.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from grpo_ctrl.knobs import Knobs
+from grpo_ctrl.threads import intra_op_threads
 
 
 @dataclass(frozen=True)
@@ -88,21 +88,6 @@ def check_timing(provider: str, warmup: int, repeats: int, threads: int | None, 
                          f"threads={threads} >= 1 or None")
     if statistic not in STATISTICS:
         raise ValueError(f"{provider} latency: statistic={statistic!r} is unknown; use one of {list(STATISTICS)}")
-
-
-@contextmanager
-def intra_op_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op CPU threads set to `threads` inside the block (None: unchanged). On a small machine,
-    timing with fewer threads than cores leaves a core for the OS and the Python loop: with every core in one
-    parallel region, one preempted thread stalls the whole op (2-core VM, embedded VLM: the spread of a
-    request's median-of-5 latency is CV ~10% at 2 threads, ~3% at 1)."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def interleaved_runs(requests: Sequence[Request], run_one: Callable[[Request], Any], warmup: int, repeats: int,

@@ -6,9 +6,10 @@ model through this protocol only:
 - knobs: `apply(knobs)` / `set_knobs`, `knob_space`, `kept_blocks`;
 - inputs: `inputs(images, questions, tier)`, batch-1 or batched, built by the model's own processor and chat
   template, with exactly the tier's number of image tokens;
-- vision: `encode_vision(inputs, tier)` once per (sample, tier), reused by `generate(..., vision=)` for every top-k /
-  block setting; `question_features` (before the vision encoder) and `vision_summary` (after it) for the
-  controller;
+- vision: `encode_vision(inputs, tier)` (one dict per image, batched) once per (sample, tier), reused by
+  `generate(..., vision=)` for every top-k / block setting; `question_features` (before the vision encoder) and
+  `vision_summary` (after it) for the controller;
+- per-row counts of left-padded batches: `image_tokens`, `prompt_tokens` (from the masks), `row`;
 - `generate`, `first_token_logits`, `decode`;
 - `phase_modules()`: where the hooked timer stamps the vision phase.
 
@@ -155,13 +156,14 @@ class VLMAdapter:
     def _processor_for_tier(self, value: int):
         return self.processor
 
-    def encode_vision(self, inputs: dict[str, torch.Tensor], tier: str) -> dict[str, torch.Tensor]:
-        """The vision encoder's outputs for batch-1 `inputs` built at `tier`, as `generate(vision=)`
-        and `vision_summary` take them; computed once per (sample, tier) and reused across top-k / blocks."""
+    def encode_vision(self, inputs: dict[str, torch.Tensor], tier: str) -> list[dict[str, torch.Tensor]]:
+        """The vision encoder's outputs for (batched) `inputs` built at `tier`, one dict per image in row order, as
+        `generate(vision=)` takes them (a list) and `vision_summary` (one dict); computed once per (sample, tier)
+        and reused across top-k / blocks."""
         raise NotImplementedError
 
-    def _vision_kwargs(self, vision: dict[str, torch.Tensor]) -> dict:
-        """generate() keyword arguments that hand it pre-encoded vision."""
+    def _vision_kwargs(self, vision: Sequence[dict[str, torch.Tensor]]) -> dict:
+        """generate() keyword arguments that hand it the pre-encoded vision of each row."""
         raise NotImplementedError
 
     def phase_modules(self) -> PhaseModules:
@@ -290,9 +292,21 @@ class VLMAdapter:
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return f"{self.processor.image_token}{question}"
 
-    def image_tokens(self, inputs: dict[str, torch.Tensor]) -> int:
-        """Number of image tokens in batch-1 `inputs` (what the LM reads from the vision encoder)."""
-        return int((inputs["input_ids"] == self.image_token_id).sum())
+    def image_tokens(self, inputs: dict[str, torch.Tensor]) -> list[int]:
+        """Image tokens of each row of `inputs` (what the LM reads from the vision encoder)."""
+        return (inputs["input_ids"] == self.image_token_id).sum(dim=1).tolist()
+
+    @staticmethod
+    def prompt_tokens(inputs: dict[str, torch.Tensor]) -> list[int]:
+        """Input length of each row of left-padded `inputs`, from the attention mask (not the padded width)."""
+        return inputs["attention_mask"].sum(dim=1).tolist()
+
+    @staticmethod
+    def row(inputs: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+        """Row `i` of left-padded text `inputs` as its own batch-1 inputs, padding removed."""
+        start = int(inputs["input_ids"].shape[1] - inputs["attention_mask"][i].sum())
+        return {k: v[i:i + 1, start:] if v.dim() == 2 and v.shape == inputs["input_ids"].shape else v[i:i + 1]
+                for k, v in inputs.items()}
 
     def text_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`inputs` without what only the vision encoder reads (kept alongside `encode_vision`'s outputs)."""
@@ -319,9 +333,10 @@ class VLMAdapter:
 
     @torch.no_grad()
     def generate(self, inputs: dict[str, torch.Tensor], knobs: Knobs, max_new_tokens: int = 2,
-                 min_new_tokens: int | None = None, vision: dict[str, torch.Tensor] | None = None,
+                 min_new_tokens: int | None = None, vision: Sequence[dict[str, torch.Tensor]] | None = None,
                  return_first_logits: bool = False, **generate_kwargs) -> Generation:
-        """Greedy generation under `knobs`. Pass `vision` (from `encode_vision`) to skip the vision encoder;
+        """Greedy generation under `knobs` (left-padded rows). Pass `vision` (`encode_vision`'s list, one per row) to
+        skip the vision encoder;
         `return_first_logits` keeps the raw logits of the first generated token (off when timing); other keyword
         arguments go to the model's generate() (e.g. `logits_processor`)."""
         kwargs = dict(inputs) if vision is None else {**self.text_inputs(inputs), **self._vision_kwargs(vision)}
@@ -344,7 +359,7 @@ class VLMAdapter:
         return self.model(**inputs, logits_to_keep=1).logits[:, -1]
 
     @torch.no_grad()
-    def answer_probability(self, inputs: dict[str, torch.Tensor], vision: dict[str, torch.Tensor] | None,
+    def answer_probability(self, inputs: dict[str, torch.Tensor], vision: Sequence[dict[str, torch.Tensor]] | None,
                            answer: str, knobs: Knobs, first_logits: torch.Tensor | None = None) -> float:
         """exp(mean token log-prob) of `answer` right after the batch-1 prompt under `knobs` (teacher-forced): how
         sure the model is of it, in [0, 1]. A one-token answer reads the generation's `first_logits` when given;

@@ -1,4 +1,5 @@
-"""Accuracy of a VLM under fixed knob settings, per question type (batched greedy generation)."""
+"""Per-question-type accuracy of knob settings, the per-request oracle and routing by type (scores come from the
+rollout engine)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from grpo_ctrl.data import VQASample, extract_answer, get_metric
+from grpo_ctrl.data import VQASample
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.vlm import VLMAdapter
-
-
-def score_setting(vlm: VLMAdapter, samples: Sequence[VQASample], knobs: Knobs, metric: str = "exact_match",
-                  max_new_tokens: int = 2, batch_size: int = 128) -> np.ndarray:
-    """Per-sample `metric` score of the greedy (extracted) answer under `knobs`."""
-    score = get_metric(metric)
-    scores = []
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i:i + batch_size]
-        inputs = vlm.inputs([s.image for s in chunk], [s.question for s in chunk], knobs.tier)
-        gen = vlm.generate({k: v.to(vlm.model.device) for k, v in inputs.items()}, knobs, max_new_tokens=max_new_tokens)
-        scores += [score(extract_answer(a), s.answers) for a, s in zip(gen.answers, chunk)]
-    return np.array(scores)
 
 
 def by_type(samples: Sequence[VQASample], scores: np.ndarray) -> dict[str, float]:

@@ -15,6 +15,7 @@ The processor's `patch_size` is scaled by p per tier, so its own prompt expansio
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,19 +101,19 @@ class LlavaAdapter(VLMAdapter):
 
     # ---------------------------------------------------------------- vision
     @torch.no_grad()
-    def encode_vision(self, inputs: dict[str, torch.Tensor], tier: str) -> dict[str, torch.Tensor]:
-        """Projected vision tokens {"image_features": (N_tier, H)} of batch-1 `inputs` at `tier`."""
+    def encode_vision(self, inputs: dict[str, torch.Tensor], tier: str) -> list[dict[str, torch.Tensor]]:
+        """Projected vision tokens {"image_features": (N_tier, H)} of each image of `inputs` at `tier`."""
         previous = self._pool
         self._pool = self.knob_space.tiers[tier]
         try:
             out = self.model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True)
         finally:
             self._pool = previous
-        return {"image_features": out.pooler_output[0]}
+        return [{"image_features": features} for features in out.pooler_output]
 
-    def _vision_kwargs(self, vision: dict[str, torch.Tensor]) -> dict:
-        features = vision["image_features"].to(self.model.device)
-        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=[features])}}
+    def _vision_kwargs(self, vision: Sequence[dict[str, torch.Tensor]]) -> dict:
+        features = [v["image_features"].to(self.model.device) for v in vision]
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)}}
 
     def vision_token_hook(self, fn) -> torch.utils.hooks.RemovableHandle:
         """Call `fn(projected_tokens)` on every projector output (pretraining's auxiliary vision loss)."""

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -79,20 +80,22 @@ class Qwen3VLMoeAdapter(VLMAdapter):
         return {"size": {"shortest_edge": pixels, "longest_edge": pixels}}
 
     @torch.no_grad()
-    def encode_vision(self, inputs: dict[str, torch.Tensor], tier: str) -> dict[str, torch.Tensor]:
-        """{"image_features": (N, H), "deepstack_<k>": (N, H) per DeepStack level} of batch-1 `inputs`."""
+    def encode_vision(self, inputs: dict[str, torch.Tensor], tier: str) -> list[dict[str, torch.Tensor]]:
+        """{"image_features": (N, H), "deepstack_<k>": (N, H) per DeepStack level} of each image of `inputs`."""
         out = self.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
-        vision = {"image_features": out.pooler_output[0]}
+        rows = [{"image_features": features} for features in out.pooler_output]
         for k, level in enumerate(out.deepstack_features or ()):
-            vision[f"deepstack_{k}"] = level[0]
-        return vision
+            for row, features in zip(rows, level):
+                row[f"deepstack_{k}"] = features
+        return rows
 
-    def _vision_kwargs(self, vision: dict[str, torch.Tensor]) -> dict:
+    def _vision_kwargs(self, vision: Sequence[dict[str, torch.Tensor]]) -> dict:
         device = self.model.device
-        levels = sorted((k for k in vision if k.startswith("deepstack_")), key=lambda k: int(k.split("_")[1]))
+        levels = sorted((k for k in vision[0] if k.startswith("deepstack_")), key=lambda k: int(k.split("_")[1]))
         # A fresh output object per call: generate's input expansion rewrites the one it is given.
-        out = BaseModelOutputWithDeepstackFeatures(pooler_output=(vision["image_features"].to(device),),
-                                                   deepstack_features=[(vision[k].to(device),) for k in levels])
+        out = BaseModelOutputWithDeepstackFeatures(
+            pooler_output=tuple(v["image_features"].to(device) for v in vision),
+            deepstack_features=[tuple(v[k].to(device) for v in vision) for k in levels])
         return {"mm_encoder_outputs": {"image": out}}
 
     def phase_modules(self) -> PhaseModules:
