@@ -3,7 +3,13 @@ process: the time to open it, take split("train") and read the 16 samples of a t
 resident memory. The 10k run should not hold 10x the images (the rows stay memory-mapped, only the 16 sampled
 images are decoded): its RSS ratio to the 1k run should be near 1, well below 10.
 
-    .venv/bin/python benchmarks/data_startup.py [--sizes 1000 10000] [--batch 16]
+Whole runs (--train-steps N, 0: off): `train.py data=hf_vqa data.train_size=null` for N steps on each dataset
+(embedded default model, one thread, one rollout worker, one validation at the end over --val-size samples), each
+started from a spawner process of its own: its wall time and peak RSS (ru_maxrss of the finished run, plus the
+peak private / mapped-file resident kB sampled from /proc while it runs). Target: the largest dataset's peak RSS
+< 1.20x the smallest's.
+
+    .venv/bin/python benchmarks/data_startup.py [--sizes 1000 10000] [--batch 16] [--train-steps 30] [--val-size 32]
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 MEAN_DECODED_BYTES = 80 * 80 * 3  # toy images are 40..120 px a side, RGB
 
 
@@ -50,6 +57,43 @@ def child(path: str, batch: int) -> None:
                       "rss_peak_kb": rss_peak, "samples": len(split), "pixels": pixels, **growth}))
 
 
+def train_child(path: str, steps: int, val_size: int, run_dir: str) -> None:
+    """Spawner of one training run: this process stays small (no heavy imports), waits for train.py and reads
+    its peak RSS from RUSAGE_CHILDREN, which then holds that run alone."""
+    cmd = [sys.executable, str(ROOT / "train.py"), "data=hf_vqa", f"data.path={path}", "data.train_size=null",
+           f"data.val_size={val_size}", f"steps={steps}", f"val_every={steps}", f"ckpt_every={steps}",
+           "logger=none", "progress=false", "threads=1", "rollout.workers=1", "budgets.val=[0.5,1.0]",
+           f"hydra.run.dir={run_dir}"]
+    metrics = Path(run_dir) / "metrics.jsonl"
+    t0 = time.perf_counter()
+    with open(Path(run_dir).with_suffix(".log"), "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        peaks, first_step = {}, None
+        while proc.poll() is None:  # sampled peaks (a spike between samples is missed; ru_maxrss is exact)
+            for k, v in _proc_kinds(proc.pid).items():
+                peaks[k] = max(peaks.get(k, 0), v)
+            if first_step is None and metrics.exists() and metrics.stat().st_size:
+                first_step = time.perf_counter() - t0
+            time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"train.py exited with {proc.returncode}: see {Path(run_dir).with_suffix('.log')}\n"
+                 + Path(run_dir).with_suffix(".log").read_text()[-3000:])
+    lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    step_times = [r["train/step_time_s"] for r in lines if "train/step_time_s" in r]
+    print(json.dumps({"wall_s": wall, "rss_peak_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+                      "steps": len(step_times), "steps_s": sum(step_times), "first_step_s": first_step,
+                      **{f"{k}_peak_kb": v for k, v in peaks.items()}}))
+
+
+def _proc_kinds(pid: int) -> dict[str, int]:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines) if k in ("RssAnon", "RssFile")}
+
+
 def run(*args: str) -> str:
     return subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True).stdout
 
@@ -58,23 +102,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--train-steps", type=int, default=30,
+                    help="also time whole train.py runs of this many steps on each dataset (0: off)")
+    ap.add_argument("--val-size", type=int, default=32, help="validation samples of those runs")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--write", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--train-child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--write", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.batch)
+    if args.train_child:
+        return train_child(args.train_child[0], args.train_steps, args.val_size, args.train_child[1])
     if args.write:
         from grpo_ctrl.data.toy import write_toy_vqa
 
-        return write_toy_vqa(args.write[0], {"train": int(args.write[1])}, format="disk")
+        sizes = {"train": int(args.write[1]), **({"validation": int(args.write[2])} if int(args.write[2]) else {})}
+        return write_toy_vqa(args.write[0], sizes, format="disk")
 
     # This process only spawns: a child's ru_maxrss starts at the RSS of the process it was forked from.
-    results = {}
+    results, runs = {}, {}
+    val_rows = args.val_size if args.train_steps else 0
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             path = Path(tmp) / f"toy_{n}"
             t0 = time.perf_counter()
-            run("--write", str(path), str(n))
+            run("--write", str(path), str(n), str(val_rows))
             written = time.perf_counter() - t0
             data_mb = sum(f.stat().st_size for f in path.rglob("*.arrow")) / 2**20
             r = results[n] = json.loads(run("--child", str(path), "--batch", str(args.batch)).strip().splitlines()[-1])
@@ -83,14 +135,33 @@ def main() -> None:
                   f"decoded), written in {written:5.1f} s | import {r['import_s']:.2f} s | start-up (open + split + "
                   f"{args.batch} samples) {r['startup_s'] * 1000:7.1f} ms | peak RSS {r['rss_peak_kb'] / 1024:6.1f} MB "
                   f"(+{growth:5.1f} MB over the imports{_kinds(r)})")
-    if len(results) >= 2:
-        (small, a), (large, b) = sorted(results.items())[0], sorted(results.items())[-1]
-        grow_a = max(a["rss_peak_kb"] - a["rss_imported_kb"], 1)
-        grow_b = max(b["rss_peak_kb"] - b["rss_imported_kb"], 1)
-        print(f"{large}/{small} ({large // small}x the samples): start-up {b['startup_s'] / a['startup_s']:.2f}x, "
-              f"peak RSS {b['rss_peak_kb'] / a['rss_peak_kb']:.2f}x, RSS growth {grow_b / grow_a:.2f}x"
-              + (f" (private {b['RssAnon_growth_kb'] / max(a['RssAnon_growth_kb'], 1):.2f}x)" if _kinds(a) else "")
-              + f" (target: well below {large // small})")
+        if len(results) >= 2:
+            (small, a), (large, b) = sorted(results.items())[0], sorted(results.items())[-1]
+            grow_a = max(a["rss_peak_kb"] - a["rss_imported_kb"], 1)
+            grow_b = max(b["rss_peak_kb"] - b["rss_imported_kb"], 1)
+            print(f"{large}/{small} ({large // small}x the samples): start-up {b['startup_s'] / a['startup_s']:.2f}x, "
+                  f"peak RSS {b['rss_peak_kb'] / a['rss_peak_kb']:.2f}x, RSS growth {grow_b / grow_a:.2f}x"
+                  + (f" (private {b['RssAnon_growth_kb'] / max(a['RssAnon_growth_kb'], 1):.2f}x)" if _kinds(a) else "")
+                  + f" (target: well below {large // small})")
+        if args.train_steps:
+            print(f"whole runs: train.py data=hf_vqa data.train_size=null data.val_size={args.val_size} "
+                  f"steps={args.train_steps} threads=1 rollout.workers=1 (embedded model), each in a fresh process:")
+            for n in args.sizes:
+                r = runs[n] = json.loads(run("--train-child", str(Path(tmp) / f"toy_{n}"), str(Path(tmp) / f"run_{n}"),
+                                             "--train-steps", str(args.train_steps), "--val-size",
+                                             str(args.val_size)).strip().splitlines()[-1])
+                first = f"{r['first_step_s']:.1f} s" if r["first_step_s"] is not None else "n/a"
+                sampled = (f" (sampled peaks: {r['RssAnon_peak_kb'] / 1024:.1f} MB private, "
+                           f"{r['RssFile_peak_kb'] / 1024:.1f} MB file-backed)" if "RssAnon_peak_kb" in r else "")
+                print(f"{n:>6} samples: {r['steps']} steps, wall {r['wall_s']:6.1f} s (first step done at {first}, "
+                      f"steps {r['steps_s']:.1f} s in all) | peak RSS {r['rss_peak_kb'] / 1024:7.1f} MB{sampled}")
+    if len(runs) >= 2:
+        (small, a), (large, b) = sorted(runs.items())[0], sorted(runs.items())[-1]
+        ratio = b["rss_peak_kb"] / a["rss_peak_kb"]
+        extra = (f" (sampled private {b['RssAnon_peak_kb'] / max(a['RssAnon_peak_kb'], 1):.2f}x, file-backed "
+                 f"{b['RssFile_peak_kb'] / max(a['RssFile_peak_kb'], 1):.2f}x)" if "RssAnon_peak_kb" in a else "")
+        print(f"whole runs {large}/{small} ({large // small}x the samples): peak RSS {ratio:.2f}x{extra}, wall "
+              f"{b['wall_s'] / a['wall_s']:.2f}x (target: peak RSS < 1.20x: {'met' if ratio < 1.20 else 'MISSED'})")
 
 
 def _kinds(r: dict) -> str:

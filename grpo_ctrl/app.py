@@ -197,7 +197,7 @@ def make_engine(cfg: DictConfig, vlm, store, replicas=(), ranks_here: int = 1) -
     scoring = Scoring(cfg.data.metric, gold_prob=cfg.reward.gold_prob_weight > 0)
     return RolloutEngine(vlm, max_new_tokens=cfg.model.max_new_tokens, batch_size=cfg.rollout.batch_size,
                          store=store, replicas=replicas, workers=workers, scoring=scoring,
-                         vision_cache=cfg.rollout.vision_cache)
+                         vision_cache_mb=cfg.rollout.vision_cache_mb)
 
 
 def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobInfo, vlm, data,

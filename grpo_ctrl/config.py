@@ -177,7 +177,7 @@ class RolloutConfig:
     # multirun share <sweep dir>/outcomes; a single run keeps them in memory.
     store: str | None = "${sweep_store:}"
     workers: int | None = None  # processes computing chunks; null: one per CPU core (1 on a GPU, with dp)
-    vision_cache: int = 64  # encoded (chunk, tier) entries kept in memory (LRU)
+    vision_cache_mb: float = 1024  # memory for encoded (chunk, tier) inputs and vision tokens (LRU)
 
 
 @dataclass
@@ -291,7 +291,7 @@ def validate_rollout(rollout: DictConfig | Any) -> None:
     _require(rollout.workers is None or rollout.workers >= 1,
              f"rollout.workers={rollout.workers} must be >= 1, or null for one per CPU core")
     _require(rollout.batch_size >= 1, f"rollout.batch_size={rollout.batch_size} must be >= 1 (1: batch-1 rollouts)")
-    _require(rollout.vision_cache >= 1, f"rollout.vision_cache={rollout.vision_cache} must be >= 1")
+    _require(rollout.vision_cache_mb > 0, f"rollout.vision_cache_mb={rollout.vision_cache_mb} must be > 0")
 
 
 def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:

@@ -7,7 +7,8 @@ entry is keyed by the sample's id in that source, the knob values, and a `plan` 
 settings plus the members of the chunk that computed it: batched rows can differ from other compositions in last
 bits, so the composition is part of what determines them).
 
-Kept in memory (the default, one run), or on disk with `rollout.store=DIR`: SQLite in WAL mode (Python's own,
+Kept in memory (the default, one run; feature vectors beyond MEMORY_FEATURES_MB are forgotten least recently used
+first and recomputed, with the same bits, when asked again), or on disk with `rollout.store=DIR`: SQLite in WAL mode (Python's own,
 well kept, crash-safe and multi-writer). A chunk lands in one transaction, so a process killed mid-write leaves
 the store as before the chunk, and the chunk is computed again. Writers never overwrite (INSERT OR IGNORE), and
 every writer reads back what the store holds, so two processes that raced on one chunk both continue with the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -26,6 +28,7 @@ import numpy as np
 
 SCHEMA = 1
 DB_FILE = "outcomes.sqlite"
+MEMORY_FEATURES_MB = 512  # a memory store forgets its least recently used feature vectors beyond this (recomputable)
 
 
 class StoreError(ValueError):
@@ -59,7 +62,8 @@ class OutcomeStore:
         self.computed = 0  # outcomes this process computed and wrote (reads are `read`)
         self.read = 0
         self._outcomes: dict[Key, Outcome] = {}  # the memory store (a disk store keeps nothing in memory)
-        self._features: dict[Key, np.ndarray] = {}
+        self._features: OrderedDict[Key, np.ndarray] = OrderedDict()
+        self._feature_bytes = 0
         self._db = self._open() if self.path else None
 
     # ------------------------------------------------------------ opening
@@ -145,7 +149,10 @@ class OutcomeStore:
         """Stored feature vectors of `kind` by (sample id, plan)."""
         keys = list(dict.fromkeys(keys))
         if self._db is None:
-            return {k: self._features[(kind, *k)] for k in keys if (kind, *k) in self._features}
+            found = {k: self._features[(kind, *k)] for k in keys if (kind, *k) in self._features}
+            for k in found:
+                self._features.move_to_end((kind, *k))
+            return found
         return {key[1:]: np.frombuffer(blob, dtype=np.float32)
                 for key, (blob,) in self._select("features", ["value"], [(kind, *k) for k in keys])}
 
@@ -153,8 +160,13 @@ class OutcomeStore:
         items = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in items.items()}
         if self._db is None:
             for key, value in items.items():
-                self._features.setdefault((kind, *key), value)
-            return {k: self._features[(kind, *k)] for k in items}
+                if (kind, *key) not in self._features:
+                    self._features[(kind, *key)] = value
+                    self._feature_bytes += value.nbytes
+            found = {k: self._features[(kind, *k)] for k in items}
+            while self._feature_bytes > MEMORY_FEATURES_MB * 2**20:
+                self._feature_bytes -= self._features.popitem(last=False)[1].nbytes
+            return found
         self._write("INSERT OR IGNORE INTO features VALUES (?, ?, ?, ?)",
                     [(kind, *k, v.tobytes()) for k, v in items.items()])
         return self.features(kind, items)

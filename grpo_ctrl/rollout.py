@@ -163,11 +163,11 @@ def _worker_chunk(task: tuple) -> list[Outcome]:
 class RolloutEngine:
     def __init__(self, vlm: VLMAdapter, max_new_tokens: int = 2, batch_size: int = 1,
                  store: OutcomeStore | None = None, replicas: Sequence[VLMAdapter] = (), workers: int = 1,
-                 scoring: Scoring = Scoring(), vision_cache: int = 64):
+                 scoring: Scoring = Scoring(), vision_cache_mb: float = 1024):
         """`batch_size`: rows per chunk of the plan. `store`: where outcomes and features are kept (default: a
         fresh in-memory one). `replicas` (parallel=dp): copies of `vlm` on other devices, each answering its share
         of the chunks in a thread. `workers` > 1: that many CPU processes answer (the model's weights are shared
-        with them, not copied). `vision_cache`: encoded (chunk, tier) entries kept in memory (LRU)."""
+        with them, not copied). `vision_cache_mb`: memory for encoded (chunk, tier) entries (LRU, at least one)."""
         if workers > 1 and len(replicas) > 1:
             raise ValueError("rollout workers and dp replicas exclude each other; use one of them")
         if batch_size < 1:
@@ -179,7 +179,8 @@ class RolloutEngine:
         self.scoring = scoring
         self.store = store if store is not None else OutcomeStore()
         self.workers = workers
-        self.vision_cache = vision_cache
+        self.vision_cache_bytes = vision_cache_mb * 2**20
+        self._encoded_bytes = 0
         self._pool = None
         self._encoded: OrderedDict[tuple[str, str], tuple] = OrderedDict()
         self._chunks: dict[tuple[int, int], Chunk] = {}  # (pool, first index) -> chunk: ids only, a few bytes each
@@ -256,11 +257,13 @@ class RolloutEngine:
         with intra_op_threads(1):
             inputs = vlm.inputs([s.image for s in samples], [s.question for s in samples], tier)
             vision = vlm.encode_vision({k: v.to(vlm.model.device) for k, v in inputs.items()}, tier)
-        self._encoded[key] = (vlm.text_inputs(inputs), [{k: v.cpu() for k, v in row.items()} for row in vision],
-                              [(s.answers, s.answer) for s in samples])
-        while len(self._encoded) > self.vision_cache:
-            self._encoded.popitem(last=False)
-        return self._encoded[key]
+        entry = (vlm.text_inputs(inputs), [{k: v.cpu() for k, v in row.items()} for row in vision],
+                 [(s.answers, s.answer) for s in samples])
+        self._encoded[key] = entry
+        self._encoded_bytes += _nbytes(entry)
+        while self._encoded_bytes > self.vision_cache_bytes and len(self._encoded) > 1:
+            self._encoded_bytes -= _nbytes(self._encoded.popitem(last=False)[1])
+        return entry
 
     # ------------------------------------------------------------ answers
     def run(self, prompts: Sequence[Prompt], knobs: Sequence[Knobs]) -> list[Outcome]:
@@ -302,6 +305,12 @@ class RolloutEngine:
         for r, share in enumerate(shares):
             out[r::n] = share
         return out
+
+
+def _nbytes(entry: tuple) -> int:
+    inputs, vision, _ = entry
+    tensors = [*inputs.values(), *(v for row in vision for v in row.values())]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def default_workers(device: str, local_ranks: int = 1) -> int:

@@ -41,3 +41,13 @@ def test_bad_build_input_is_one_line(tiny_model_dir, tmp_path):
     line = _one_line(subprocess.run([sys.executable, "experiments/build_outcomes.py"], cwd=ROOT, capture_output=True,
                                     text=True, timeout=120))
     assert "needs rollout.store=DIR" in line
+
+
+def test_train_refuses_a_store_of_another_dataset_in_one_line(tiny_model_dir, tmp_path):
+    store = tmp_path / "store"
+    assert build(tiny_model_dir, store, f"hydra.run.dir={tmp_path / 'b'}", "build.split=val").returncode == 0
+    res = subprocess.run(tiny_command(tiny_model_dir, tmp_path / "run", "logger=none", "data.seed=1",
+                                      f"rollout.store={store}"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    line = _one_line(res)  # before the model loads: nothing else printed
+    assert line.startswith(f"store error: rollout.store={store} holds outcomes of another data (differs in: seed)")
+    assert not (tmp_path / "run" / "checkpoints").exists()
