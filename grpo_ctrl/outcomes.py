@@ -9,10 +9,11 @@ bits, so the composition is part of what determines them).
 
 Kept in memory (the default, one run; feature vectors beyond MEMORY_FEATURES_MB are forgotten least recently used
 first and recomputed, with the same bits, when asked again), or on disk with `rollout.store=DIR`: SQLite in WAL
-mode (Python's own, well kept, crash-safe and multi-writer). A chunk lands in one transaction, so a process killed mid-write leaves
-the store as before the chunk, and the chunk is computed again. Writers never overwrite (INSERT OR IGNORE), and
-every writer reads back what the store holds, so two processes that raced on one chunk both continue with the
-first one's bits. SQLite's locking needs a local disk (not NFS): on a cluster point it at node-local storage.
+mode (Python's own, well kept, crash-safe and multi-writer). A chunk lands in one transaction, so a process killed
+mid-write leaves the store as before the chunk, and the chunk is computed again. Writers never overwrite (INSERT OR
+IGNORE), and every writer reads back what the store holds, so two processes that raced on one chunk both continue
+with the first one's bits. SQLite's locking needs a local disk (not NFS): on a cluster point it at node-local
+storage.
 """
 
 from __future__ import annotations
