@@ -10,6 +10,7 @@ peak private / mapped-file resident kB sampled from /proc while it runs). Target
 < 1.20x the smallest's.
 
     .venv/bin/python benchmarks/data_startup.py [--sizes 1000 10000] [--batch 16] [--train-steps 30] [--val-size 32]
+        [--train-override KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -57,13 +58,13 @@ def child(path: str, batch: int) -> None:
                       "rss_peak_kb": rss_peak, "samples": len(split), "pixels": pixels, **growth}))
 
 
-def train_child(path: str, steps: int, val_size: int, run_dir: str) -> None:
+def train_child(path: str, steps: int, val_size: int, run_dir: str, extra: list[str]) -> None:
     """Spawner of one training run: this process stays small (no heavy imports), waits for train.py and reads
     its peak RSS from RUSAGE_CHILDREN, which then holds that run alone."""
     cmd = [sys.executable, str(ROOT / "train.py"), "data=hf_vqa", f"data.path={path}", "data.train_size=null",
            f"data.val_size={val_size}", f"steps={steps}", f"val_every={steps}", f"ckpt_every={steps}",
            "logger=none", "progress=false", "threads=1", "rollout.workers=1", "budgets.val=[0.5,1.0]",
-           f"hydra.run.dir={run_dir}"]
+           f"hydra.run.dir={run_dir}", *extra]
     metrics = Path(run_dir) / "metrics.jsonl"
     t0 = time.perf_counter()
     with open(Path(run_dir).with_suffix(".log"), "w") as log:
@@ -105,6 +106,8 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=30,
                     help="also time whole train.py runs of this many steps on each dataset (0: off)")
     ap.add_argument("--val-size", type=int, default=32, help="validation samples of those runs")
+    ap.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra train.py override for those runs (repeatable), e.g. rollout.vision_cache_mb=64")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--train-child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--write", nargs=3, help=argparse.SUPPRESS)
@@ -112,7 +115,8 @@ def main() -> None:
     if args.child:
         return child(args.child, args.batch)
     if args.train_child:
-        return train_child(args.train_child[0], args.train_steps, args.val_size, args.train_child[1])
+        return train_child(args.train_child[0], args.train_steps, args.val_size, args.train_child[1],
+                           args.train_override)
     if args.write:
         from grpo_ctrl.data.toy import write_toy_vqa
 
@@ -145,16 +149,19 @@ def main() -> None:
                   + f" (target: well below {large // small})")
         if args.train_steps:
             print(f"whole runs: train.py data=hf_vqa data.train_size=null data.val_size={args.val_size} "
-                  f"steps={args.train_steps} threads=1 rollout.workers=1 (embedded model), each in a fresh process:")
+                  f"steps={args.train_steps} threads=1 rollout.workers=1 {' '.join(args.train_override)}"
+                  f"{' ' if args.train_override else ''}(embedded model), each in a fresh process:")
             for n in args.sizes:
                 r = runs[n] = json.loads(run("--train-child", str(Path(tmp) / f"toy_{n}"), str(Path(tmp) / f"run_{n}"),
                                              "--train-steps", str(args.train_steps), "--val-size",
-                                             str(args.val_size)).strip().splitlines()[-1])
+                                             str(args.val_size), *(f"--train-override={o}" for o in
+                                                                   args.train_override)).strip().splitlines()[-1])
                 first = f"{r['first_step_s']:.1f} s" if r["first_step_s"] is not None else "n/a"
                 sampled = (f" (sampled peaks: {r['RssAnon_peak_kb'] / 1024:.1f} MB private, "
                            f"{r['RssFile_peak_kb'] / 1024:.1f} MB file-backed)" if "RssAnon_peak_kb" in r else "")
-                print(f"{n:>6} samples: {r['steps']} steps, wall {r['wall_s']:6.1f} s (first step done at {first}, "
-                      f"steps {r['steps_s']:.1f} s in all) | peak RSS {r['rss_peak_kb'] / 1024:7.1f} MB{sampled}")
+                print(f"{n:>6} samples: {r['steps']} step{'s' * (r['steps'] != 1)}, wall {r['wall_s']:6.1f} s "
+                      f"(first step done at {first}, steps {r['steps_s']:.1f} s in all) | peak RSS "
+                      f"{r['rss_peak_kb'] / 1024:7.1f} MB{sampled}")
     if len(runs) >= 2:
         (small, a), (large, b) = sorted(runs.items())[0], sorted(runs.items())[-1]
         ratio = b["rss_peak_kb"] / a["rss_peak_kb"]

@@ -177,7 +177,9 @@ class RolloutConfig:
     # multirun share <sweep dir>/outcomes; a single run keeps them in memory.
     store: str | None = "${sweep_store:}"
     workers: int | None = None  # processes computing chunks; null: one per CPU core (1 on a GPU, with dp)
-    vision_cache_mb: float = 1024  # memory for encoded (chunk, tier) inputs and vision tokens (LRU)
+    # Memory for encoded (chunk, tier) inputs and vision tokens (LRU): holds the embedded default's whole training
+    # split, and keeps a large dataset's memory flat.
+    vision_cache_mb: float = 128
 
 
 @dataclass

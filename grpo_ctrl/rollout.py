@@ -13,6 +13,7 @@ processes (one chunk per task) or dp replicas.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import threading
@@ -163,7 +164,7 @@ def _worker_chunk(task: tuple) -> list[Outcome]:
 class RolloutEngine:
     def __init__(self, vlm: VLMAdapter, max_new_tokens: int = 2, batch_size: int = 1,
                  store: OutcomeStore | None = None, replicas: Sequence[VLMAdapter] = (), workers: int = 1,
-                 scoring: Scoring = Scoring(), vision_cache_mb: float = 1024):
+                 scoring: Scoring = Scoring(), vision_cache_mb: float = 128):
         """`batch_size`: rows per chunk of the plan. `store`: where outcomes and features are kept (default: a
         fresh in-memory one). `replicas` (parallel=dp): copies of `vlm` on other devices, each answering its share
         of the chunks in a thread. `workers` > 1: that many CPU processes answer (the model's weights are shared
@@ -180,7 +181,7 @@ class RolloutEngine:
         self.store = store if store is not None else OutcomeStore()
         self.workers = workers
         self.vision_cache_bytes = vision_cache_mb * 2**20
-        self._encoded_bytes = 0
+        self._encoded_bytes = self._evicted_bytes = 0
         self._pool = None
         self._encoded: OrderedDict[tuple[str, str], tuple] = OrderedDict()
         self._chunks: dict[tuple[int, int], Chunk] = {}  # (pool, first index) -> chunk: ids only, a few bytes each
@@ -262,7 +263,12 @@ class RolloutEngine:
         self._encoded[key] = entry
         self._encoded_bytes += _nbytes(entry)
         while self._encoded_bytes > self.vision_cache_bytes and len(self._encoded) > 1:
-            self._encoded_bytes -= _nbytes(self._encoded.popitem(last=False)[1])
+            freed = _nbytes(self._encoded.popitem(last=False)[1])
+            self._encoded_bytes -= freed
+            self._evicted_bytes += freed
+        if self._evicted_bytes > self.vision_cache_bytes:  # once per turnover of the cache: a bounded cost
+            _release_freed_memory()
+            self._evicted_bytes = 0
         return entry
 
     # ------------------------------------------------------------ answers
@@ -305,6 +311,16 @@ class RolloutEngine:
         for r, share in enumerate(shares):
             out[r::n] = share
         return out
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by evicted chunks back to the OS. glibc's malloc keeps freed blocks of a process that
+    allocates and frees steadily (a large dataset's stream of cache misses): without this a 10k-sample run's RSS grew
+    ~1.4x over a 1k-sample run's with the same cache bound."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _nbytes(entry: tuple) -> int:

@@ -16,7 +16,7 @@ SCRIPTS = sorted(p.name for pattern in ("*.py", "*.sh") for p in BENCHMARKS.glob
 # Tiny arguments per script: seconds each on 2 CPU cores, one intra-op thread where a script takes --threads.
 TINY = {
     "controller_overhead.py": ["--iters", "20", "--threads", "1"],
-    "data_startup.py": ["--sizes", "16", "32", "--batch", "4"],
+    "data_startup.py": ["--sizes", "16", "32", "--batch", "4", "--train-steps", "1", "--val-size", "4"],
     "ddp_scaling.py": ["--prompts", "2", "--group", "1", "--rounds", "1"],
     "families.py": ["--pairs", "2", "--new-tokens", "2", "--threads", "1", "--families", "qwen3_vl_moe",
                     "--profile-samples", "2", "--profile-repeats", "1"],
