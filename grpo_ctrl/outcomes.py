@@ -112,12 +112,6 @@ class OutcomeStore:
             self._db.close()
             self._db = None
 
-    def __getstate__(self):  # a store travels to other processes as its path; each opens its own connection
-        return {"path": self.path, "binding": self.binding}
-
-    def __setstate__(self, state):
-        self.__init__(state["path"], state["binding"])
-
     # ------------------------------------------------------------ outcomes
     def outcomes(self, keys: Iterable[Key]) -> dict[Key, Outcome]:
         """The stored outcomes among `keys` (missing keys are absent)."""
