@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass, fields
@@ -30,6 +31,20 @@ import numpy as np
 SCHEMA = 1
 DB_FILE = "outcomes.sqlite"
 MEMORY_FEATURES_MB = 512  # a memory store forgets its least recently used feature vectors beyond this (recomputable)
+
+
+def _set_wal(db: sqlite3.Connection, patience_s: float = 60.0) -> None:
+    """Switch to WAL, waiting for other processes that open the same new store at once: changing the journal mode
+    does not go through SQLite's busy timeout, it fails at once with "database is locked"."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class StoreError(ValueError):
@@ -75,7 +90,7 @@ class OutcomeStore:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path / DB_FILE, timeout=600, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            _set_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("BEGIN IMMEDIATE")  # one creator at a time: the first process writes the binding
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -93,7 +108,11 @@ class OutcomeStore:
             raise StoreError(f"{where}: {self.path / DB_FILE} cannot be opened as an outcome store ({err}); "
                              "delete it or use another directory") from None
         if meta:
-            self._check(meta, where)
+            try:
+                self._check(meta, where)
+            except StoreError:
+                db.close()  # a refused store leaves no open connection behind
+                raise
         return db
 
     def _check(self, meta: dict, where: str) -> None:
