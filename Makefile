@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: train test lint venv
+.PHONY: train test test-fast lint venv
 
 venv: $(STAMP)
 
@@ -20,6 +20,11 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(ARGS)
+
+# Everything but the tests marked slow (those that launch processes): the loop for a change in progress.
+test-fast: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

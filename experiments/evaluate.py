@@ -30,59 +30,33 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.app import make_engine
-from grpo_ctrl.baselines import Profile, budget_points, evaluate_budgets, write_outputs
+from grpo_ctrl.baselines import Profile, budget_points, evaluate_budgets
 from grpo_ctrl.build import build_data, inspect_model, open_store
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import RolloutConfig
 from grpo_ctrl.experiment import LatencyExperiment
-from grpo_ctrl.latency import EstimatorError, Request, make_latency_provider
+from grpo_ctrl.knob_grid import KnobGrid
+from grpo_ctrl.latency import EstimatorError, make_latency_provider
 from grpo_ctrl.latency.estimator import REFIT_COMMAND, fraction_drift
 from grpo_ctrl.outcomes import StoreError
 from grpo_ctrl.policy import greedy_knobs
+from grpo_ctrl.report import write_outputs
 from grpo_ctrl.rollout import PromptPool, RolloutEngine
 from grpo_ctrl.serve import ServeError, Server, read_controller
 
 
-def grid_outcomes(engine: RolloutEngine, prompts, settings) -> dict:
-    """Outcome of every (setting, prompt) pair."""
-    return {k: engine.run(prompts, [k] * len(prompts)) for k in settings}
-
-
-def flip_rate(engine: RolloutEngine, prompts, settings, grid: dict) -> dict:
+def flip_rate(engine: RolloutEngine, prompts, grid: KnobGrid) -> dict:
     """Share of (prompt, setting) pairs whose score (and answer) differs between `grid` (the store's chunks) and
     batch-1 generation of the same requests, as serving runs them."""
     alone = RolloutEngine(engine.vlm, engine.max_new_tokens, batch_size=1, workers=engine.workers,
                           scoring=engine.scoring)
     try:
-        single = grid_outcomes(alone, prompts, settings)
+        single = KnobGrid.answer(alone, {"test": prompts}, settings=grid.settings).outcomes["test"]
     finally:
         alone.close()
-    pairs = [(a, b) for k in settings for a, b in zip(grid[k], single[k])]
+    pairs = [(a, b) for k in grid.settings for a, b in zip(grid.outcomes["test"][k], single[k])]
     return {"pairs": len(pairs), "score_flip_rate": float(np.mean([a.score != b.score for a, b in pairs])),
             "answer_flip_rate": float(np.mean([a.answer != b.answer for a, b in pairs]))}
-
-
-def signature(knobs, outcome) -> tuple:
-    return knobs, outcome.image_tokens, outcome.prompt_tokens, outcome.generated_tokens
-
-
-def latency_grid(provider, vlm, pools: dict, outcomes: dict, settings) -> dict[str, np.ndarray]:
-    """(settings, prompts) latency matrix of each pool, one provider call over the distinct work signatures."""
-    first: dict[tuple, tuple] = {}  # signature -> (prompt, knobs, outcome) that stands for it
-    for name, prompts in pools.items():
-        for k in settings:
-            for p, o in zip(prompts, outcomes[name][k]):
-                first.setdefault(signature(k, o), (p, k, o))
-    requests = []
-    for p, k, o in first.values():
-        inputs = vlm.inputs([p.sample.image], [p.sample.question], k.tier) if provider.needs_inputs else None
-        requests.append(Request(k, o.image_tokens, o.prompt_tokens, o.generated_tokens, inputs))
-    start = time.perf_counter()
-    ms = dict(zip(first, provider.latency_ms(requests)))
-    print(f"latency: {len(requests)} distinct requests ({provider.name}) in {time.perf_counter() - start:.0f} s",
-          flush=True)
-    return {name: np.array([[ms[signature(k, o)] for o in outcomes[name][k]] for k in settings])
-            for name, prompts in pools.items()}
 
 
 def controller_choices(server: Server, engine: RolloutEngine, prompts, settings, budgets_ms, reference_ms) -> dict:
@@ -92,7 +66,7 @@ def controller_choices(server: Server, engine: RolloutEngine, prompts, settings,
             for budget in budgets_ms}
 
 
-def estimator_drift(run_cfg, vlm, pools, outcomes, test: Profile, tolerance: float) -> dict | None:
+def estimator_drift(run_cfg, vlm, grid: KnobGrid, test: Profile, tolerance: float) -> dict | None:
     """The run's estimator against this machine's timings of the test grid (`fraction_drift`); a warning line when
     a setting's fraction of full is off by more than `tolerance`. None when the run has no estimator."""
     try:
@@ -100,7 +74,7 @@ def estimator_drift(run_cfg, vlm, pools, outcomes, test: Profile, tolerance: flo
     except EstimatorError:
         return None
     settings = list(test.settings)
-    estimated = latency_grid(provider, vlm, {"test": pools["test"]}, outcomes, settings)["test"]
+    estimated = grid.latency(provider)["test"]
     drift = fraction_drift(settings, test.latency_ms, estimated, settings.index(vlm.knob_space.full))
     worst = drift["worst"]
     if drift["max_abs_drift"] > tolerance:
@@ -139,7 +113,6 @@ def main(cfg: DictConfig) -> None:
     data = build_data(run_cfg.data)
     sizes = {"test": cfg.test_size or run_cfg.data.test_size, "val": cfg.val_size or run_cfg.data.val_size}
     pools = {name: list(PromptPool(data.split(name, n), name)) for name, n in sizes.items()}
-    settings = space.all()
     # The run's rollout settings (its store, batch plan and scoring), so that the grid reads what training computed.
     run_cfg.rollout = OmegaConf.merge(OmegaConf.structured(RolloutConfig), run_cfg.get("rollout") or {},
                                       {k: cfg[k] for k in ("store", "workers") if cfg[k] is not None})
@@ -150,12 +123,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     engine = make_engine(run_cfg, vlm, store)
     try:
-        outcomes = {name: grid_outcomes(engine, prompts, settings) for name, prompts in pools.items()}
-        print(f"grid: {len(settings)} settings x {sum(map(len, pools.values()))} prompts in "
+        grid = KnobGrid.answer(engine, pools)
+        print(f"grid: {len(grid.settings)} settings x {sum(map(len, pools.values()))} prompts in "
               f"{time.perf_counter() - started:.0f} s: {store.computed} outcomes computed, {store.read} read from "
               f"the store ({run_cfg.rollout.store or 'in memory'})", flush=True)
-        fidelity = flip_rate(engine, pools["test"][: cfg.fidelity_prompts], settings,
-                             {k: v[: cfg.fidelity_prompts] for k, v in outcomes["test"].items()})
+        fidelity = flip_rate(engine, pools["test"][: cfg.fidelity_prompts], grid)
         print(f"fidelity: {fidelity['score_flip_rate']:.2%} of {fidelity['pairs']} (prompt, setting) pairs score "
               f"differently at batch 1 than in the store's batches of {run_cfg.rollout.batch_size} "
               f"({fidelity['answer_flip_rate']:.2%} answer differently)", flush=True)
@@ -164,9 +136,11 @@ def main(cfg: DictConfig) -> None:
     latency_cfg = OmegaConf.merge(run_cfg.latency, {"warmup": cfg.warmup, "repeats": cfg.repeats,
                                                     "threads": cfg.latency_threads})
     provider = make_latency_provider(cfg.latency_source, vlm, latency_cfg, experiment=LatencyExperiment(vlm=vlm))
-    latency = latency_grid(provider, vlm, pools, outcomes, settings)
-    profiles = {name: Profile(tuple(settings), np.array([[o.score for o in outcomes[name][k]] for k in settings]),
-                              latency[name], tuple(space.tier_names)) for name in pools}
+    timed = time.perf_counter()
+    profiles = grid.profiles(provider)
+    print(f"latency: {grid.distinct_requests()} distinct requests ({provider.name}) in "
+          f"{time.perf_counter() - timed:.0f} s", flush=True)
+    settings = list(grid.settings)
     test = profiles["test"]
     full_ms = float(np.median(test.latency_ms[settings.index(space.full)]))
     # A budget fraction is a fraction of what the full model costs here (measured alongside), as in validation.
@@ -178,7 +152,7 @@ def main(cfg: DictConfig) -> None:
     engine.close()
     result = evaluate_budgets(test, profiles["val"], budgets, choices, full=space.full, seed=cfg.seed)
     if cfg.latency_source != "estimator":
-        result["estimator_drift"] = estimator_drift(run_cfg, vlm, pools, outcomes, test, cfg.estimator_tolerance)
+        result["estimator_drift"] = estimator_drift(run_cfg, vlm, grid, test, cfg.estimator_tolerance)
     result.update(run_dir=str(cfg.run_dir), latency_source=cfg.latency_source, reference_ms=reference,
                   fidelity=fidelity, outcomes={"computed": store.computed, "read": store.read},
                   test_prompts=len(pools["test"]), val_prompts=len(pools["val"]),

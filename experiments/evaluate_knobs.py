@@ -13,16 +13,16 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from grpo_ctrl.baselines import accuracy_by_type, cheapest_correct, headroom
 from grpo_ctrl.build import build_data, build_vlm, inspect_model, open_store
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
-from grpo_ctrl.latency.measured import median_generate_ms
+from grpo_ctrl.knob_grid import KnobGrid
+from grpo_ctrl.latency import make_latency_provider
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
-from grpo_ctrl.vlm.evaluation import by_type, oracle_cheapest, type_routing
 
 
 def monotone_violations(space, acc: dict, tolerance: float) -> list[str]:
@@ -52,38 +52,12 @@ def knob_bottlenecks(space, table: dict, types: list[str]) -> dict[str, dict]:
     return out
 
 
-def oracle_gap(settings, scores: dict, latency: dict, budget_ms: float) -> dict:
-    """Per-request oracle (a question counts if any setting within the budget answers it) against the best
-    single setting within the budget."""
-    fits = [k for k in settings if latency[k] <= budget_ms]
-    if not fits:
-        return {"budget_ms": budget_ms, "oracle": 0.0, "best_static": 0.0, "best_static_knobs": None, "gap": 0.0}
-    oracle = float(np.mean(np.max([scores[k] > 0.5 for k in fits], axis=0)))
-    best = max(fits, key=lambda k: float(np.mean(scores[k])))
-    static = float(np.mean(scores[best]))
-    return {"budget_ms": budget_ms, "oracle": oracle, "best_static": static, "best_static_knobs": str(best),
-            "gap": oracle - static}
-
-
-def headroom(settings, scores: dict, latency: dict, qtypes, full_ms: float, fractions) -> list[dict]:
-    """Per budget (a fraction of the full setting's latency): the best static setting within it, routing by
-    question type (`type_routing`) and the per-request oracle: where a controller has something to win."""
-    out = []
-    for fraction in fractions:
-        gap = oracle_gap(settings, scores, latency, fraction * full_ms)
-        routed = type_routing(settings, scores, latency, qtypes, fraction * full_ms)
-        out.append({"fraction": fraction, "budget_ms": gap["budget_ms"], "best_static": gap["best_static"],
-                    "best_static_knobs": gap["best_static_knobs"], "type_routing": routed,
-                    "per_request_oracle": gap["oracle"]})
-    return out
-
-
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate_knobs")
 def main(cfg: DictConfig) -> None:
-    check_minimums(cfg, {"samples": 1, "latency_requests": 1, "latency_repeats": 1,
+    check_minimums(cfg, {"samples": 1, "latency_repeats": 1,
                          "latency_threads": 1, "headroom_budgets": 0.01},
                    "evaluate_knobs.py")
     spec, data = inspect_model(cfg.model), build_data(cfg.data)
@@ -93,38 +67,46 @@ def main(cfg: DictConfig) -> None:
     pool = PromptPool(data.split("test", cfg.samples), "test")
     prompts = list(pool)
     samples = [p.sample for p in prompts]
-    timed = samples[: cfg.latency_requests]
     engine = RolloutEngine(vlm, cfg.model.max_new_tokens, cfg.rollout.batch_size, store,
                            workers=cfg.rollout.workers or default_workers(cfg.model.device),
                            scoring=Scoring(cfg.data.metric))
-    scores, latency, table = {}, {}, {}
-    types = sorted({s.qtype for s in samples} - {""})  # "": no type column
-    print(f"{'setting':<14}{'ms':>7}{'all':>7}" + "".join(f"{t:>10}" for t in types))
-    for knobs in space.all():
-        scores[knobs] = np.array([o.score for o in engine.run(prompts, [knobs] * len(prompts))])
-        torch.set_num_threads(cfg.latency_threads)  # one thread: far steadier on a shared machine
-        latency[knobs] = median_generate_ms(vlm, timed, knobs, warmup=1, repeats=cfg.latency_repeats)
-        table[knobs] = by_type(samples, scores[knobs])
-        print(f"{str(knobs):<14}{latency[knobs]:>7.2f}{table[knobs]['all']:>7.3f}"
-              + "".join(f"{table[knobs][t]:>10.3f}" for t in types), flush=True)
-
-    engine.close()
+    try:
+        grid = KnobGrid.answer(engine, {"test": prompts})
+    finally:
+        engine.close_workers()
     print(f"outcomes: {store.computed} computed, {store.read} read from the store ({cfg.rollout.store or 'in memory'})")
+    provider = make_latency_provider("measured", vlm, {"warmup": 1, "repeats": cfg.latency_repeats,
+                                                       "threads": cfg.latency_threads})
+    print(f"timing {grid.distinct_requests()} distinct requests (batch 1, {cfg.latency_repeats} repeats)", flush=True)
+    profile = grid.profiles(provider)["test"]
+    engine.close()
+    settings, qtypes = list(profile.settings), [s.qtype for s in samples]
+    latency = dict(zip(settings, profile.mean_latency_ms))
+    table = {k: accuracy_by_type(profile.scores[i], qtypes) for i, k in enumerate(settings)}
+    types = sorted(set(qtypes) - {""})  # "": no type column
+    print(f"{'setting':<14}{'ms':>7}{'all':>7}" + "".join(f"{t:>10}" for t in types))
+    for k in settings:
+        row = "".join(f"{table[k][t]:>10.3f}" for t in types)
+        print(f"{str(k):<14}{latency[k]:>7.2f}{table[k]['all']:>7.3f}{row}")
     acc = {k: v["all"] for k, v in table.items()}
     full, cheap = space.full, space.cheapest
+    full_ms = float(np.median(profile.latency_ms[profile.index(full)]))
     se = float(np.sqrt(0.25 / len(samples)))
     violations = monotone_violations(space, acc, tolerance=2 * se)
-    oracle = oracle_cheapest(space.all(), scores, latency)
+    oracle = [settings[i] if i >= 0 else None for i in cheapest_correct(profile)]
     histogram = Counter(str(k) for k in oracle)
     by_qtype = {t: Counter(str(k) for k, s in zip(oracle, samples) if s.qtype == t).most_common(3) for t in types}
     binds = knob_bottlenecks(space, table, types)
-    at_half = oracle_gap(space.all(), scores, latency, latency[full] * cfg.oracle_budget)
-    room = headroom(space.all(), scores, latency, [s.qtype for s in samples], latency[full], cfg.headroom_budgets)
+    at_half = headroom(profile, qtypes, [full_ms * cfg.oracle_budget])[0]
+    fractions = list(cfg.headroom_budgets)
+    rows = headroom(profile, qtypes, [f * full_ms for f in fractions])
+    room = [{"fraction": f, **row} for f, row in zip(fractions, rows)]
     targets = {
         "full_accuracy": acc[full], "full_accuracy>=0.9": acc[full] >= 0.9,
         "cheapest_accuracy": acc[cheap], "latency_ratio": latency[cheap] / latency[full],
         "knob_bottlenecks": binds, "every_knob_drops_a_type>=0.2": all(b["drop"] >= 0.2 for b in binds.values()),
-        f"oracle_at_{cfg.oracle_budget}": at_half, "oracle_minus_best_static>=0.15": at_half["gap"] >= 0.15,
+        f"oracle_at_{cfg.oracle_budget}": at_half,
+        "oracle_minus_best_static>=0.15": at_half["per_request_oracle"] - at_half["best_static"] >= 0.15,
         "monotone_violations(>2se)": violations, "monotone": not violations,
     }
     print("\noracle cheapest correct setting (all types):", histogram.most_common(8))

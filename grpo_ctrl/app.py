@@ -33,10 +33,9 @@ from grpo_ctrl.parallel import (
     launcher_environment,
     make_replicas,
 )
-from grpo_ctrl.report import build_report, write_report
+from grpo_ctrl.report import summary, write_report
 from grpo_ctrl.reward import make_reward
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
-from grpo_ctrl.statics import static_settings
 from grpo_ctrl.tracking import NullTracker, Tracker
 from grpo_ctrl.trainer import JointGRPOTrainer
 from grpo_ctrl.vlm import ModelDir, ModelDirError
@@ -224,15 +223,13 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobIn
     else:
         trainer.tracker = NullTracker()
     try:
-        controller_report = trainer.fit()
-        statics = static_settings(trainer, val_latency, None if cfg.latency.val == "estimator" else 16)
-        report = None
+        trainer.fit()
+        report = trainer.final_report(val_latency)
         if ctx.is_main:
             torch.save({"state_dict": controller.state_dict(), "knob_space": vlm.knob_space.to_dict(),
                         "reference_latency_ms": trainer.ref_ms,
                         "cheapest_latency_ms": trainer.median_latency(vlm.knob_space.cheapest),
                         "config": resolved}, run_dir / "controller.pt")
-            report = build_report(controller_report, statics, trainer.ref_ms, seed=cfg.seed)
             report.update(latency_source=cfg.latency.val, overrides=list(job.overrides),
                           timing=trainer.timing_report())
             json_path, png_path = write_report(report, run_dir)
@@ -243,23 +240,8 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobIn
             print(f"outputs: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  controller: "
                   f"{run_dir / 'controller.pt'}\n  report: {json_path}, {png_path}", flush=True)
         ctx.barrier()
-        return report or {}
+        return report
     finally:
         trainer.tracker.finish()
         trainer.model = None  # drop the DDP wrapper before the process group goes away
 
-
-def summary(report: dict) -> str:
-    estimated = any("estimated_violation_rate" in b["controller"] for b in report["budgets"].values())
-    lines = [f"{'budget':>8} {'ms':>7} {'ctrl acc':>9} {'viol':>6} " + (f"{'(est)':>6} " if estimated else "")
-             + f"{'static acc':>11} {'(x-fit)':>8} {'static':>14} {'ctrl-static (se) won/lost':>25} {'random':>7}"]
-    for frac, b in report["budgets"].items():
-        best = b["best_static"] or {"accuracy": float("nan"), "crossfit_accuracy": float("nan"), "knobs": "-"}
-        gap = best.get("controller_minus_static")
-        gap = f"{gap['diff']:+.3f} ({gap['se']:.3f}) {gap['wins']}/{gap['losses']}" if gap else "-"
-        est = f"{b['controller']['estimated_violation_rate']:>6.3f} " if estimated else ""
-        lines.append(f"{frac:>8} {b['budget_ms']:>7.2f} {b['controller']['accuracy']:>9.3f} "
-                     f"{b['controller']['violation_rate']:>6.3f} {est}{best['accuracy']:>11.3f} "
-                     f"{best['crossfit_accuracy']:>8.3f} {best['knobs']:>14} {gap:>25} "
-                     f"{b['random']['budgeted_accuracy']:>7.3f}")
-    return "\n".join(lines)

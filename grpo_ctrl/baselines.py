@@ -1,27 +1,24 @@
-"""Held-out evaluation of budget policies: the controller against a static lookup table, oracles and random knobs.
+"""Every baseline and comparison of budget policies: the controller against the best static setting (the lookup
+table), oracles and random knobs, on a `Profile`.
 
-Pure numpy on a `Profile`, every static knob setting run on the same requests. A policy is one setting index per
-request, so every policy (controller, static table, oracle) is scored by indexing the same profile, and any two
-are compared request by request.
+Pure numpy on a `Profile` (every static knob setting run on the same requests, `grpo_ctrl.knob_grid`). A policy is
+one setting index per request, so every policy (controller, static table, oracle) is scored by indexing the same
+profile, and any two are compared request by request. One tie rule (`best_static`: the faster on average) and one
+statistic (`paired_vs`: a bootstrap interval of the per-request difference) for every report: validation,
+`experiments/evaluate.py`, `experiments/evaluate_knobs.py` and the sweep report.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 
 from grpo_ctrl.knobs import Knobs
 
 POLICIES = ("controller", "lut", "oracle_static", "per_request_oracle", "random", "full")
-CSV_COLUMNS = ("budget_ms", "policy", "knobs", "accuracy", "violation_rate", "budgeted_accuracy", "mean_latency_ms",
-               "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "mean_tier", "mean_top_k", "mean_num_blocks",
-               "diff_vs_lut", "ci_low", "ci_high", "gap_closed")
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +65,10 @@ class Profile:
             raise ValueError(f"profile: {knobs} is not one of its {len(self.settings)} settings")
         return self.settings.index(knobs)
 
+    def requests(self, keep: np.ndarray) -> Profile:
+        """The same settings on the requests `keep` selects (a boolean mask or indices)."""
+        return Profile(self.settings, self.scores[:, keep], self.latency_ms[:, keep], self.tier_order)
+
 
 def budget_points(budgets: int | Sequence[float], cheapest_ms: float, most_ms: float,
                   reference_ms: float) -> list[float]:
@@ -97,6 +98,65 @@ def per_request_oracle(profile: Profile, budget_ms: float) -> np.ndarray:
     best = fits & (scores == scores.max(axis=0))
     pick = np.where(best, profile.latency_ms, np.inf).argmin(axis=0)
     return np.where(fits.any(axis=0), pick, profile.latency_ms.argmin(axis=0))
+
+
+def crossfit_accuracy(profile: Profile, budget_ms: float) -> float | None:
+    """Accuracy of the best static setting (`best_static`) chosen on one half of the requests and scored on the
+    other, both ways round: the best static setting a user could pick without seeing the requests it is scored on
+    (the in-sample best of many settings is optimistic). None when no setting fits on either half."""
+    even = np.arange(profile.scores.shape[1]) % 2 == 0
+    accs = []
+    for pick, score in ((even, ~even), (~even, even)):
+        if not pick.any() or not score.any():
+            continue
+        chosen = best_static(profile.requests(pick), budget_ms)
+        if chosen is not None:
+            accs.append(float(profile.scores[chosen, score].mean()))
+    return float(np.mean(accs)) if accs else None
+
+
+def cheapest_correct(profile: Profile) -> np.ndarray:
+    """Per request, the setting cheapest on average that answers it right (score > 0.5), or -1 when none does: the
+    headroom a per-request controller has over any one static setting."""
+    order = np.argsort(profile.mean_latency_ms, kind="stable")
+    right = profile.scores[order] > 0.5
+    return np.where(right.any(axis=0), order[right.argmax(axis=0)], -1)
+
+
+def accuracy_by_type(scores: np.ndarray, qtypes: Sequence[str]) -> dict[str, float]:
+    """Mean of one setting's per-request `scores` overall ("all") and per question type ("": no type)."""
+    scores, qtypes = np.asarray(scores, dtype=float), np.asarray(qtypes)
+    return {"all": float(scores.mean()), **{t: float(scores[qtypes == t].mean()) for t in sorted(set(qtypes) - {""})}}
+
+
+def type_routing(profile: Profile, qtypes: Sequence[str], budget_ms: float) -> float | None:
+    """Accuracy when each question type goes to the setting, among those fitting the budget on average
+    (`best_static`'s rule), that answers that type best: what a controller that knows the question type and
+    nothing else can reach. One setting per type, not per request, so answers a setting gets right by chance lift it
+    far less than the per-request oracle. None if nothing fits."""
+    fits = profile.mean_latency_ms <= budget_ms
+    if not fits.any():
+        return None
+    qtypes = np.asarray(qtypes)
+    right = sum(profile.scores[fits][:, qtypes == t].sum(axis=1).max() for t in np.unique(qtypes))
+    return float(right / len(qtypes))
+
+
+def headroom(profile: Profile, qtypes: Sequence[str], budgets_ms: Sequence[float]) -> list[dict]:
+    """Per budget, where a controller has something to win (all in budgeted accuracy: a request over the budget
+    scores 0): the best static setting within it, routing by question type (`type_routing`, plain accuracy) and the
+    per-request oracle."""
+    out = []
+    n = profile.scores.shape[1]
+    for budget in budgets_ms:
+        best = best_static(profile, budget)
+        static = 0.0 if best is None else evaluate_choice(profile, np.full(n, best), budget).budgeted_accuracy
+        out.append({"budget_ms": float(budget), "best_static": static,
+                    "best_static_knobs": None if best is None else str(profile.settings[best]),
+                    "type_routing": type_routing(profile, qtypes, budget),
+                    "per_request_oracle": evaluate_choice(profile, per_request_oracle(profile, budget),
+                                                          budget).budgeted_accuracy})
+    return out
 
 
 def random_choice(n_settings: int, n_requests: int, rng: np.random.Generator) -> np.ndarray:
@@ -138,18 +198,24 @@ def evaluate_choice(profile: Profile, choice: np.ndarray, budget_ms: float) -> P
                          f"shape {choice.shape} dtype {choice.dtype}")
     scores = profile.scores[choice, np.arange(n)]
     latency = profile.latency_ms[choice, np.arange(n)]
-    within = latency <= budget_ms
     knob_values = np.array([(profile.tier_order.index(k.tier), k.top_k, k.num_blocks) for k in profile.settings])
     tier, top_k, num_blocks = knob_values[choice].mean(axis=0)
-    p50, p90, p99 = np.percentile(latency, [50, 90, 99])
     counts = np.bincount(choice, minlength=len(profile.settings))
-    return PolicyResult(
-        accuracy=float(scores.mean()), violation_rate=float((~within).mean()),
-        budgeted_accuracy=float((scores * within).mean()), mean_latency_ms=float(latency.mean()),
-        latency_p50_ms=float(p50), latency_p90_ms=float(p90), latency_p99_ms=float(p99),
-        mean_tier=float(tier), mean_top_k=float(top_k), mean_num_blocks=float(num_blocks),
-        histogram={str(profile.settings[s]): int(c) for s, c in enumerate(counts) if c},
-        scores=scores, latency_ms=latency)
+    return PolicyResult(**policy_metrics(scores, latency, budget_ms),
+                        mean_tier=float(tier), mean_top_k=float(top_k), mean_num_blocks=float(num_blocks),
+                        histogram={str(profile.settings[s]): int(c) for s, c in enumerate(counts) if c},
+                        scores=scores, latency_ms=latency)
+
+
+def policy_metrics(scores: np.ndarray, latency_ms: np.ndarray, budget_ms: float) -> dict[str, float]:
+    """Accuracy and latency of one policy's requests at one budget: a request over the budget is a violation and
+    scores 0 in `budgeted_accuracy`."""
+    scores, latency = np.asarray(scores, dtype=float), np.asarray(latency_ms, dtype=float)
+    within = latency <= budget_ms
+    p50, p90, p99 = np.percentile(latency, [50, 90, 99])
+    return {"accuracy": float(scores.mean()), "violation_rate": float((~within).mean()),
+            "budgeted_accuracy": float((scores * within).mean()), "mean_latency_ms": float(latency.mean()),
+            "latency_p50_ms": float(p50), "latency_p90_ms": float(p90), "latency_p99_ms": float(p99)}
 
 
 def bootstrap_interval(values: np.ndarray, draws: int = 10000, level: float = 0.95,
@@ -177,6 +243,29 @@ def paired_vs(reference: PolicyResult, other: PolicyResult, seed: int = 0) -> di
     low, high = bootstrap_interval(diff, seed=seed)
     return {"diff": float(diff.mean()), "ci_low": low, "ci_high": high, "wins": int((diff > 0).sum()),
             "losses": int((diff < 0).sum())}
+
+
+def budget_comparison(profile: Profile, choice: np.ndarray, budget_ms: float, random: np.ndarray,
+                      seed: int = 0) -> dict:
+    """The controller's `choice` at one budget against the best static setting meeting it (`best_static`, chosen
+    and scored on the same requests, with its cross-fitted accuracy) and against uniformly random knobs: one
+    budget of the validation report."""
+    ctrl = evaluate_choice(profile, choice, budget_ms)
+    best = best_static(profile, budget_ms)
+    static = None
+    if best is not None:
+        result = evaluate_choice(profile, np.full(len(choice), best), budget_ms)
+        static = {"knobs": str(profile.settings[best]), "accuracy": result.accuracy,
+                  "mean_latency_ms": result.mean_latency_ms, "violation_rate": result.violation_rate,
+                  "crossfit_accuracy": crossfit_accuracy(profile, budget_ms),
+                  "controller_minus_static": paired_vs(result, ctrl, seed=seed)}
+    rand = evaluate_choice(profile, random, budget_ms)
+    return {"controller": {k: getattr(ctrl, k) for k in ("accuracy", "violation_rate", "budgeted_accuracy",
+                                                          "latency_p50_ms", "latency_p90_ms")}
+            | {"knobs": dict(sorted(ctrl.histogram.items(), key=lambda kv: -kv[1]))},
+            "best_static": static,
+            "random": {k: getattr(rand, k) for k in ("accuracy", "violation_rate", "budgeted_accuracy")},
+            "controller_beats_best_static": static is None or ctrl.accuracy >= static["accuracy"]}
 
 
 def oracle_gap_closed(policy_acc: float, lut_acc: float, oracle_acc: float) -> float:
@@ -236,84 +325,3 @@ def evaluate_budgets(test: Profile, val: Profile, budgets_ms: Sequence[float], c
                                "controller_vs_lut": None if table is None else paired_vs(table, ctrl, seed=seed),
                                "oracle_gap_closed": None if math.isnan(gap) else gap})
     return out
-
-
-def write_outputs(result: dict, out_dir: Path, stem: str = "evaluation") -> dict[str, Path]:
-    """`result` of `evaluate_budgets` as <stem>.json, .csv (a row per budget and policy), .md and a Pareto .png."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "csv", "md", "png")}
-    paths["json"].write_text(json.dumps(result, indent=2))
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_COLUMNS, restval="", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(csv_rows(result))
-    paths["md"].write_text(markdown(result))
-    plot_pareto(result, paths["png"])
-    return paths
-
-
-def csv_rows(result: dict) -> list[dict]:
-    rows = []
-    for b in result["budgets"]:
-        vs = b["controller_vs_lut"] or {}
-        for name, policy in b["policies"].items():
-            extra = {"diff_vs_lut": vs.get("diff"), "ci_low": vs.get("ci_low"), "ci_high": vs.get("ci_high"),
-                     "gap_closed": b["oracle_gap_closed"]} if name == "controller" else {}
-            rows.append({**(policy or {}), "budget_ms": b["budget_ms"], "policy": name, **extra})
-    return rows
-
-
-def markdown(result: dict) -> str:
-    def acc(policy: dict | None) -> str:
-        if policy is None:
-            return "—"
-        knobs = f" ({policy['knobs']})" if "knobs" in policy else ""
-        return f"{policy['accuracy']:.3f} / {policy['budgeted_accuracy']:.3f}{knobs}"
-
-    lines = ["| budget (ms) | " + " | ".join(POLICIES) + " | controller − lut [95 % CI] | controller violation | "
-             "gap closed |", "|---:" * (len(POLICIES) + 4) + "|"]
-    for b in result["budgets"]:
-        vs, gap = b["controller_vs_lut"], b["oracle_gap_closed"]
-        diff = "—" if vs is None else f"{vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]"
-        cells = [f"{b['budget_ms']:g}", *(acc(b["policies"][p]) for p in POLICIES), diff,
-                 f"{b['policies']['controller']['violation_rate']:.3f}", "—" if gap is None else f"{gap:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Policies: accuracy / budgeted accuracy on test (a request over the budget scores 0 in the latter). "
-              "lut is chosen on val. Controller − lut is in accuracy; gap closed (lut → per-request oracle) is in "
-              "budgeted accuracy, where the oracle is an upper bound.",
-              "", "| setting | accuracy | mean latency (ms) | Pareto |", "|---|---:|---:|:---:|"]
-    lines += [f"| {s['knobs']} | {s['accuracy']:.3f} | {s['mean_latency_ms']:.1f} | {'✓' * s['pareto_front']} |"
-              for s in result["settings"]]
-    if drift := result.get("estimator_drift"):
-        worst = drift["worst"]
-        lines += ["", f"The run's latency estimator on this machine: fractions of full off by up to "
-                      f"{drift['max_abs_drift']:.3f} ({worst['knobs']}: {worst['estimated_fraction']:.3f} estimated, "
-                      f"{worst['measured_fraction']:.3f} measured)."]
-    return "\n".join(lines) + "\n"
-
-
-def plot_pareto(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    settings = result["settings"]
-    front = sorted((s for s in settings if s["pareto_front"]), key=lambda s: s["mean_latency_ms"])
-    fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter([s["mean_latency_ms"] for s in settings], [s["accuracy"] for s in settings], s=14, c="0.7",
-               label="static settings")
-    ax.plot([s["mean_latency_ms"] for s in front], [s["accuracy"] for s in front], "-", c="0.45",
-            label="static Pareto front")
-    for name, style in (("controller", "o-"), ("lut", "s--"), ("per_request_oracle", "^:"), ("random", "x-.")):
-        rows = [b["policies"][name] for b in result["budgets"]]
-        ax.plot([r["mean_latency_ms"] if r else np.nan for r in rows], [r["accuracy"] if r else np.nan for r in rows],
-                style, label=name.replace("_", " "))
-    ax.set_xlabel("mean latency on test (ms)")
-    ax.set_ylabel("accuracy on test")
-    ax.set_title("policies over budgets against the static settings")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

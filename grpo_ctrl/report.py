@@ -1,72 +1,42 @@
-"""Validation report: the controller per budget against the best static setting and uniformly random knobs; a pure
-function of the validation results (`JointGRPOTrainer.validate`, `statics.static_settings`)."""
+"""Reports as files and tables, formatting only (every number comes from `grpo_ctrl.baselines`): the validation
+report of a training run (`val_report.json` / `.png` and the summary table train.py prints) and the held-out
+evaluation of `experiments/evaluate.py` (JSON, CSV, markdown and a Pareto plot)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
+from grpo_ctrl.baselines import POLICIES
 
-def crossfit_accuracy(settings: list[dict]) -> float:
-    """Accuracy of the best of `settings` chosen on one half of the val prompts and scored on the other, both
-    ways round (settings tied on the choosing half share the pick): the best static setting a user could pick
-    without seeing the prompts it is scored on. The in-sample best of many settings is optimistic."""
-    scores = np.array([s["scores"] for s in settings], dtype=float)
-    halves = [np.arange(scores.shape[1]) % 2 == 0, np.arange(scores.shape[1]) % 2 == 1]
-    accs = []
-    for pick, score in (halves, halves[::-1]):
-        on_pick = scores[:, pick].mean(axis=1)
-        tied = np.isclose(on_pick, on_pick.max())
-        accs.append(float(scores[tied][:, score].mean()))
-    return float(np.mean(accs))
+CSV_COLUMNS = ("budget_ms", "policy", "knobs", "accuracy", "violation_rate", "budgeted_accuracy", "mean_latency_ms",
+               "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "mean_tier", "mean_top_k", "mean_num_blocks",
+               "diff_vs_lut", "ci_low", "ci_high", "gap_closed")
 
 
-def paired_difference(scores: list[float], reference: list[float]) -> dict:
-    """Mean per-prompt difference of two policies' scores on the same prompts and its standard error: whether
-    an accuracy gap is larger than which prompts happened to be drawn (0.005 of 192 prompts is one answer)."""
-    diff = np.asarray(scores, dtype=float) - np.asarray(reference, dtype=float)
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-    return {"diff": float(diff.mean()), "se": se, "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum())}
-
-
-def build_report(controller_report: dict, statics: dict, reference_ms: float, seed: int = 0) -> dict:
-    """`reference_ms`: the training reference latency (the unit of fractional budgets)."""
-    rng = np.random.default_rng(seed)
-    val_ref = next(iter(controller_report.values()))["reference_ms"]
-    out = {"reference_latency_ms": reference_ms, "val_reference_latency_ms": val_ref,
-           "static_reference_latency_ms": statics["reference_ms"], "budgets": {}}
-    settings = statics["settings"]
-    n_timed = len(settings[0]["latency"])
-    for frac, ctrl in controller_report.items():
-        budget = ctrl["budget_ms"]
-        # The static settings were timed in their own call: the same budget fraction of their own reference.
-        static_budget = budget * statics["reference_ms"] / ctrl["reference_ms"]
-        feasible = [s for s in settings if s["mean_latency_ms"] <= static_budget]
-        best = max(feasible, key=lambda s: s["accuracy"]) if feasible else None
-        # Uniformly random knobs per request (on the timed prompts, where each setting's latency is known).
-        pick = rng.integers(len(settings), size=n_timed)
-        rand_score = np.array([settings[j]["scores"][i] for i, j in enumerate(pick)])
-        rand_lat = np.array([settings[j]["latency"][i] for i, j in enumerate(pick)])
-        out["budgets"][frac] = {
-            "budget_ms": budget, "static_budget_ms": static_budget,
-            "controller": {k: ctrl[k] for k in ("accuracy", "violation_rate", "estimated_violation_rate",
-                                                "budgeted_accuracy", "latency_p50_ms", "latency_p90_ms", "knobs")
-                           if k in ctrl},
-            "best_static": None if best is None else {
-                "knobs": best["knobs"], "accuracy": best["accuracy"], "mean_latency_ms": best["mean_latency_ms"],
-                "violation_rate": float((best["latency"] > static_budget).mean()),
-                "crossfit_accuracy": crossfit_accuracy(feasible),
-                "controller_minus_static": paired_difference(ctrl["scores"], best["scores"])},
-            "random": {"accuracy": float(rand_score.mean()),
-                       "violation_rate": float((rand_lat > static_budget).mean()),
-                       "budgeted_accuracy": float((rand_score * (rand_lat <= static_budget)).mean())},
-        }
-        b = out["budgets"][frac]
-        b["controller_beats_best_static"] = best is None or ctrl["accuracy"] >= best["accuracy"]
-    out["static_settings"] = [{k: v for k, v in s.items() if k not in ("latency", "scores")} for s in settings]
-    return out
+def summary(report: dict) -> str:
+    """The validation report as the table train.py prints: per budget the controller, the best static setting
+    meeting it (and its cross-fitted accuracy), their paired difference with its 95 % interval and won/lost
+    prompts, and random knobs."""
+    estimated = any("estimated_violation_rate" in b["controller"] for b in report["budgets"].values())
+    lines = [f"{'budget':>8} {'ms':>7} {'ctrl acc':>9} {'viol':>6} " + (f"{'(est)':>6} " if estimated else "")
+             + f"{'static acc':>11} {'(x-fit)':>8} {'static':>14} {'ctrl-static [95% CI] won/lost':>33} "
+             f"{'random':>7}"]
+    for frac, b in report["budgets"].items():
+        best = b["best_static"] or {"accuracy": float("nan"), "crossfit_accuracy": None, "knobs": "-"}
+        gap = best.get("controller_minus_static")
+        gap = (f"{gap['diff']:+.3f} [{gap['ci_low']:+.3f},{gap['ci_high']:+.3f}] {gap['wins']}/{gap['losses']}"
+               if gap else "-")
+        crossfit = best["crossfit_accuracy"]
+        est = f"{b['controller']['estimated_violation_rate']:>6.3f} " if estimated else ""
+        lines.append(f"{frac:>8} {b['budget_ms']:>7.2f} {b['controller']['accuracy']:>9.3f} "
+                     f"{b['controller']['violation_rate']:>6.3f} {est}{best['accuracy']:>11.3f} "
+                     f"{'-' if crossfit is None else f'{crossfit:.3f}':>8} {best['knobs']:>14} {gap:>33} "
+                     f"{b['random']['budgeted_accuracy']:>7.3f}")
+    return "\n".join(lines)
 
 
 def write_report(report: dict, run_dir: Path) -> tuple[Path, Path]:
@@ -102,6 +72,87 @@ def plot_report(report: dict, path: Path) -> None:
     ax2.set_ylabel("latency (ms)")
     ax2.legend()
     ax2.set_title("latency per budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(result: dict, out_dir: Path, stem: str = "evaluation") -> dict[str, Path]:
+    """`result` of `evaluate_budgets` as <stem>.json, .csv (a row per budget and policy), .md and a Pareto .png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "csv", "md", "png")}
+    paths["json"].write_text(json.dumps(result, indent=2))
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(csv_rows(result))
+    paths["md"].write_text(markdown(result))
+    plot_pareto(result, paths["png"])
+    return paths
+
+
+def csv_rows(result: dict) -> list[dict]:
+    rows = []
+    for b in result["budgets"]:
+        vs = b["controller_vs_lut"] or {}
+        for name, policy in b["policies"].items():
+            extra = {"diff_vs_lut": vs.get("diff"), "ci_low": vs.get("ci_low"), "ci_high": vs.get("ci_high"),
+                     "gap_closed": b["oracle_gap_closed"]} if name == "controller" else {}
+            rows.append({**(policy or {}), "budget_ms": b["budget_ms"], "policy": name, **extra})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    def acc(policy: dict | None) -> str:
+        if policy is None:
+            return "—"
+        knobs = f" ({policy['knobs']})" if "knobs" in policy else ""
+        return f"{policy['accuracy']:.3f} / {policy['budgeted_accuracy']:.3f}{knobs}"
+
+    lines = ["| budget (ms) | " + " | ".join(POLICIES) + " | controller − lut [95 % CI] | controller violation | "
+             "gap closed |", "|---:" * (len(POLICIES) + 4) + "|"]
+    for b in result["budgets"]:
+        vs, gap = b["controller_vs_lut"], b["oracle_gap_closed"]
+        diff = "—" if vs is None else f"{vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]"
+        cells = [f"{b['budget_ms']:g}", *(acc(b["policies"][p]) for p in POLICIES), diff,
+                 f"{b['policies']['controller']['violation_rate']:.3f}", "—" if gap is None else f"{gap:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Policies: accuracy / budgeted accuracy on test (a request over the budget scores 0 in the latter). "
+              "lut is chosen on val. Controller − lut is in accuracy; gap closed (lut → per-request oracle) is in "
+              "budgeted accuracy, where the oracle is an upper bound.",
+              "", "| setting | accuracy | mean latency (ms) | Pareto |", "|---|---:|---:|:---:|"]
+    lines += [f"| {s['knobs']} | {s['accuracy']:.3f} | {s['mean_latency_ms']:.1f} | {'✓' * s['pareto_front']} |"
+              for s in result["settings"]]
+    if drift := result.get("estimator_drift"):
+        worst = drift["worst"]
+        lines += ["", f"The run's latency estimator on this machine: fractions of full off by up to "
+                      f"{drift['max_abs_drift']:.3f} ({worst['knobs']}: {worst['estimated_fraction']:.3f} estimated, "
+                      f"{worst['measured_fraction']:.3f} measured)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = result["settings"]
+    front = sorted((s for s in settings if s["pareto_front"]), key=lambda s: s["mean_latency_ms"])
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter([s["mean_latency_ms"] for s in settings], [s["accuracy"] for s in settings], s=14, c="0.7",
+               label="static settings")
+    ax.plot([s["mean_latency_ms"] for s in front], [s["accuracy"] for s in front], "-", c="0.45",
+            label="static Pareto front")
+    for name, style in (("controller", "o-"), ("lut", "s--"), ("per_request_oracle", "^:"), ("random", "x-.")):
+        rows = [b["policies"][name] for b in result["budgets"]]
+        ax.plot([r["mean_latency_ms"] if r else np.nan for r in rows], [r["accuracy"] if r else np.nan for r in rows],
+                style, label=name.replace("_", " "))
+    ax.set_xlabel("mean latency on test (ms)")
+    ax.set_ylabel("accuracy on test")
+    ax.set_title("policies over budgets against the static settings")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from grpo_ctrl.baselines import Profile, budget_comparison, evaluate_choice, policy_metrics, random_choice
 from grpo_ctrl.budget import BudgetScale, warn_unreachable
 from grpo_ctrl.checkpoint import CHECKPOINT, architecture, load_checkpoint, save_checkpoint
 from grpo_ctrl.controller import TwoStageController
 from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
+from grpo_ctrl.knob_grid import KnobGrid, requests
 from grpo_ctrl.knobs import Knobs
-from grpo_ctrl.latency import Request
 from grpo_ctrl.outcomes import Outcome
 from grpo_ctrl.parallel import ParallelContext
 from grpo_ctrl.policy import GreedyPolicy, greedy_knobs
@@ -94,12 +95,8 @@ class JointGRPOTrainer:
 
     def latency(self, provider, prompts: Sequence[Prompt], knobs: Sequence[Knobs],
                 outcomes: Sequence[Outcome]) -> np.ndarray:
-        vlm = self.engine.vlm
-        requests = []
-        for p, k, o in zip(prompts, knobs, outcomes):
-            inputs = vlm.inputs([p.sample.image], [p.sample.question], k.tier) if provider.needs_inputs else None
-            requests.append(Request(k, o.image_tokens, o.prompt_tokens, o.generated_tokens, inputs))
-        return np.asarray(provider.latency_ms(requests), dtype=float)
+        return np.asarray(provider.latency_ms(requests(self.engine.vlm, provider, list(zip(prompts, knobs, outcomes)))),
+                          dtype=float)
 
     # ------------------------------------------------------------ policy helpers
     def decide(self, prompts: Sequence[Prompt], budgets: np.ndarray, u: torch.Tensor | None = None):
@@ -213,19 +210,56 @@ class JointGRPOTrainer:
         report = {}
         for j, value in enumerate(chosen):
             knobs, scores, lat, est = zip(*(row[j] for row in rows))
-            scores, lat = np.array(scores), np.array(lat)
             budget = float(BudgetScale(self.cfg.budgets.unit, ref_ms).ms(value))
+            metrics = policy_metrics(scores, lat, budget)
             report[f"{value:g}"] = {
-                "budget_ms": budget, "reference_ms": ref_ms, "accuracy": float(scores.mean()),
-                "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p90_ms": float(np.percentile(lat, 90)),
-                "violation_rate": float((lat > budget).mean()),
-                "budgeted_accuracy": float((scores * (lat <= budget)).mean()),
-                "knobs": dict(Counter(knobs).most_common()), "n": len(scores), "scores": scores.tolist(),
+                "budget_ms": budget, "reference_ms": ref_ms,
+                **{k: metrics[k] for k in ("accuracy", "latency_p50_ms", "latency_p90_ms", "violation_rate",
+                                           "budgeted_accuracy")},
+                "knobs": dict(Counter(knobs).most_common()), "n": len(scores),
             }
             if compare:  # the same requests against the same budget fraction of the estimator's reference
                 est_budget = float(BudgetScale(self.cfg.budgets.unit, self.ref_ms).ms(value))
                 report[f"{value:g}"]["estimated_violation_rate"] = float((np.array(est) > est_budget).mean())
         return report
+
+    def final_report(self, provider=None) -> dict:
+        """The validation report at the end of training: every knob setting on every val prompt, answered through
+        the engine and timed in one provider call (`KnobGrid`), and the controller's choices read from that one
+        profile, so the controller and the static baselines share one reference latency and one set of timings
+        (`baselines.budget_comparison` per val budget). With fractional budgets a measuring provider's reference is
+        the full setting's median on the val prompts; otherwise the training reference."""
+        provider = provider or self.val_latency
+        grid = KnobGrid.answer(self.engine, {"val": self.val_pool}, self.ctx)
+        profile = grid.profiles(provider)["val"]
+        reference = self.ref_ms
+        if provider.needs_inputs and self.cfg.budgets.unit == "fraction":
+            reference = float(np.median(profile.latency_ms[profile.index(self.space.full)]))
+        scale = BudgetScale(self.cfg.budgets.unit, reference)
+        # Timed validation of a controller trained on the estimator: the estimator's verdict on the same requests
+        # against its own reference (the budgets the controller learnt), to tell its drift from the policy's.
+        estimated = None
+        if self.train_latency.name == "estimator" and provider.name != "estimator":
+            estimated = Profile(profile.settings, profile.scores, grid.latency(self.train_latency)["val"],
+                                profile.tier_order)
+        rng = np.random.default_rng(self.cfg.seed)
+        policy, shard = GreedyPolicy(self.controller), self.ctx.shard(self.val_pool)
+        out = {"reference_latency_ms": reference, "budgets": {}}
+        if estimated is not None:
+            out["estimator_reference_latency_ms"] = self.ref_ms
+        for value in self.cfg.budgets.val:
+            knobs = self.ctx.unshard(greedy_knobs(policy, self.engine, shard, float(self.scale.fraction(value))))
+            choice = np.array([profile.index(k) for k in knobs])
+            budget = float(scale.ms(value))
+            random = random_choice(len(profile.settings), len(choice), rng)
+            b = out["budgets"][f"{value:g}"] = {"budget_ms": budget,
+                                                **budget_comparison(profile, choice, budget, random, self.cfg.seed)}
+            if estimated is not None:
+                b["controller"]["estimated_violation_rate"] = evaluate_choice(
+                    estimated, choice, float(self.scale.ms(value))).violation_rate
+        out["static_settings"] = [{"knobs": str(k), "accuracy": float(a), "mean_latency_ms": float(t)}
+                                  for k, a, t in zip(profile.settings, profile.accuracy, profile.mean_latency_ms)]
+        return out
 
     @staticmethod
     def flat_val_metrics(report: dict) -> dict[str, float]:

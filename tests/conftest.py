@@ -1,11 +1,19 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from grpo_ctrl.data import vocabulary
 from grpo_ctrl.knobs import KnobSpace
 from grpo_ctrl.vlm import VLMAdapter
 from grpo_ctrl.vlm.builder import EmbeddedVLMSize, embedded_vlm
 from grpo_ctrl.vlm.tokenizer import build_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = str(ROOT / "conf")
 
 TINY = EmbeddedVLMSize(vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=4, num_experts=4,
                        expert_hidden=32, heads=2, kv_heads=1)
@@ -40,3 +48,29 @@ def write_tiny_model_dir(path):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return write_tiny_model_dir(tmp_path_factory.mktemp("tiny_vlm"))
+
+
+def small_cfg(model_dir, *overrides):
+    """A composed train.py config for a few fast steps on the model in `model_dir`."""
+    from grpo_ctrl.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            "model=hf", f"model.path={model_dir}", "steps=3", "val_every=3", "ckpt_every=1", "prompts_per_step=4",
+            "group_size=4", "data.train_size=24", "data.val_size=8", "logger=none", "progress=false", "threads=1",
+            "rollout.workers=1", *overrides])
+
+
+def tiny_command(model_dir, run_dir, *extra):
+    """A train.py command line for a few fast steps on the model in `model_dir`, writing to `run_dir`."""
+    return [sys.executable, "train.py", "model=hf", f"model.path={model_dir}", "prompts_per_step=4", "group_size=4",
+            "data.train_size=24", "data.val_size=8", "progress=false", "threads=1", f"hydra.run.dir={run_dir}", *extra]
+
+
+def one_line(res: subprocess.CompletedProcess) -> str:
+    """The single stderr line of a command that stopped on bad input with exit 2 (before anything loaded)."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert len(lines) == 1, res.stderr[-2000:]  # also: no "Loading weights" progress, nothing loaded
+    return lines[0]

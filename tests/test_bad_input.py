@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line
 
 from grpo_ctrl.vlm import EMBEDDED_DIR
+
+pytestmark = pytest.mark.slow  # every test launches processes
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ["train.py", "steps=1", "logger=none"]
@@ -21,13 +24,6 @@ TRAIN = ["train.py", "steps=1", "logger=none"]
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
-
-
-def _one_line(res: subprocess.CompletedProcess) -> str:
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert len(lines) == 1, res.stderr[-2000:]  # also: no "Loading weights" progress, nothing loaded
-    return lines[0]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -51,12 +47,12 @@ def _one_line(res: subprocess.CompletedProcess) -> str:
     (["experiments/evaluate.py", "run_dir=/nowhere"], "evaluate: run_dir=/nowhere is not a directory"),
 ])
 def test_bad_command_lines_stop_with_one_line(args, message, tmp_path):
-    assert message in _one_line(_run(args, tmp_path))
+    assert message in one_line(_run(args, tmp_path))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu(tmp_path):
-    assert "model.device=cuda: no CUDA device is visible here" in _one_line(_run([*TRAIN, "model.device=cuda"],
+    assert "model.device=cuda: no CUDA device is visible here" in one_line(_run([*TRAIN, "model.device=cuda"],
                                                                                  tmp_path))
 
 
@@ -64,7 +60,7 @@ def test_a_corrupt_checkpoint_stops_before_the_model_loads(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"half a checkpoint")
-    line = _one_line(_run(TRAIN, tmp_path))
+    line = one_line(_run(TRAIN, tmp_path))
     assert "is unreadable" in line and "resume=false" in line
     assert checkpoint.read_bytes() == b"half a checkpoint"  # left for the user to look at
 
@@ -74,7 +70,7 @@ def test_an_estimator_with_negative_coefficients_is_refused(tmp_path):
     saved["coef"]["prefill"][1] = -5.0
     bad = tmp_path / "estimator.json"
     bad.write_text(json.dumps(saved))
-    line = _one_line(_run([*TRAIN, f"latency.estimator_path={bad}"], tmp_path))
+    line = one_line(_run([*TRAIN, f"latency.estimator_path={bad}"], tmp_path))
     assert "negative coefficients" in line and "profile_latency.py" in line
 
 

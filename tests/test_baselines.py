@@ -10,22 +10,26 @@ import pytest
 from grpo_ctrl.baselines import (
     POLICIES,
     Profile,
+    accuracy_by_type,
     best_static,
     bootstrap_interval,
+    budget_comparison,
     budget_points,
+    cheapest_correct,
+    crossfit_accuracy,
     evaluate_budgets,
     evaluate_choice,
-    markdown,
+    headroom,
     oracle_gap_closed,
     paired_vs,
     pareto_front,
     per_request_oracle,
     random_choice,
-    write_outputs,
+    type_routing,
 )
 from grpo_ctrl.knobs import Knobs, KnobSpace
 from grpo_ctrl.latency.estimator import fraction_drift
-from grpo_ctrl.vlm.evaluation import type_routing
+from grpo_ctrl.report import markdown, write_outputs
 
 CHEAP, MID, FULL = Knobs("low", 2, 4), Knobs("high", 2, 6), Knobs("high", 4, 6)
 
@@ -237,13 +241,75 @@ def test_budget_points_are_evenly_spaced_or_fractions_of_the_reference():
 
 
 def test_type_routing_sends_each_type_to_its_best_setting_within_the_budget():
-    shallow, deep, full = "shallow", "deep", "full"
     qtypes = ["a", "a", "b", "b"]
-    scores = {shallow: np.array([1.0, 1.0, 0.0, 1.0]), deep: np.array([0.0, 1.0, 1.0, 1.0]),
-              full: np.ones(4)}
-    cost = {shallow: 1.0, deep: 2.0, full: 5.0}
-    settings = [shallow, deep, full]
+    scores = [[1, 1, 0, 1],  # shallow, mean latency 1
+              [0, 1, 1, 1],  # deep, 2
+              [1, 1, 1, 1]]  # full, 5
+    p = Profile((CHEAP, MID, FULL), np.array(scores), np.array([[1.0] * 4, [2.0] * 4, [5.0] * 4]))
     # a -> shallow (2/2), b -> deep (2/2): every question, where the best single setting answers 3 of 4
-    assert type_routing(settings, scores, cost, qtypes, budget=2.0) == 1.0
-    assert type_routing(settings, scores, cost, qtypes, budget=1.0) == 0.75  # only shallow fits
-    assert type_routing(settings, scores, cost, qtypes, budget=0.5) is None
+    assert type_routing(p, qtypes, budget_ms=2.0) == 1.0
+    assert type_routing(p, qtypes, budget_ms=1.0) == 0.75  # only shallow fits
+    assert type_routing(p, qtypes, budget_ms=0.5) is None
+    assert accuracy_by_type(p.scores[1], qtypes) == {"all": 0.75, "a": 0.5, "b": 1.0}
+
+
+def test_cheapest_correct_is_per_request_by_mean_latency():
+    p = small_profile()
+    assert cheapest_correct(p).tolist() == [0, 1, 2, 1]
+    wrong = Profile(p.settings, np.zeros((3, 4)), p.latency_ms)
+    assert cheapest_correct(wrong).tolist() == [-1] * 4
+
+
+def test_crossfit_picks_on_one_half_and_scores_on_the_other():
+    settings = (CHEAP, MID, FULL)
+    even_only, odd_only = [1, 0, 1, 0, 1, 0], [0, 1, 0, 1, 0, 1]
+    steady, ones = [1, 1, 0, 1, 1, 0], [1] * 6
+
+    def profile(*rows, means=(10.0, 10.0, 10.0)):
+        return Profile(settings[:len(rows)], np.array(rows), np.array([[m] * 6 for m in means[:len(rows)]]))
+
+    # the even half picks even_only and scores it on the odd prompts (0), and the other way round: 0, where
+    # in-sample either looks as good as 0.5
+    assert crossfit_accuracy(profile(even_only, odd_only), 100) == 0.0
+    # a setting good on both halves is found from either
+    assert crossfit_accuracy(profile(steady, [0] * 6), 100) == pytest.approx(2 / 3)
+    # ties on the choosing half go to the faster setting (best_static's rule): odd_only (10 ms) over ones (30 ms)
+    # on the odd half, scoring 0 on the even prompts; the even half picks ones: 1.0
+    assert crossfit_accuracy(profile(steady, odd_only, ones, means=(10, 10, 30)), 100) == pytest.approx(0.5)
+    assert crossfit_accuracy(profile(steady, means=(50,)), 20) is None
+
+
+def tied_profile() -> Profile:
+    """MID and CHEAP tie on accuracy (0.75) within 30 ms; CHEAP is faster, MID comes first (a "first maximum" rule
+    would name it). FULL is the most accurate but over."""
+    scores = [[1, 0, 1, 1],   # MID: 0.75, mean 20
+              [1, 1, 0, 1],   # CHEAP: 0.75, mean 15
+              [1, 1, 1, 1]]   # FULL: 1.0, mean 40
+    latency = [[20] * 4, [15] * 4, [40] * 4]
+    return Profile((MID, CHEAP, FULL), np.array(scores), np.array(latency, dtype=float))
+
+
+def test_every_report_names_the_same_best_static_setting_under_ties():
+    p = tied_profile()
+    assert p.settings[best_static(p, 30)] == CHEAP
+    choice = np.full(4, 2)
+    validation = budget_comparison(p, choice, 30, random_choice(3, 4, np.random.default_rng(0)))
+    held_out = evaluate_budgets(p, p, [30], {30: choice}, full=FULL)["budgets"][0]["policies"]
+    knob_study = headroom(p, ["a"] * 4, [30])[0]
+    assert validation["best_static"]["knobs"] == held_out["lut"]["knobs"] == held_out["oracle_static"]["knobs"] \
+        == knob_study["best_static_knobs"] == str(CHEAP)
+
+
+def test_budget_comparison_pairs_the_controller_with_the_best_static_setting():
+    p = tied_profile()
+    rand = random_choice(3, 4, np.random.default_rng(0))
+    out = budget_comparison(p, np.full(4, 2), 30, rand)
+    assert out == budget_comparison(p, np.full(4, 2), 30, rand)  # a function of its inputs
+    ctrl, best = out["controller"], out["best_static"]
+    assert ctrl["accuracy"] == 1.0 and ctrl["violation_rate"] == 1.0 and ctrl["budgeted_accuracy"] == 0.0
+    assert ctrl["knobs"] == {str(FULL): 4}
+    assert best["controller_minus_static"]["diff"] == pytest.approx(1.0 - 0.75)
+    assert (best["controller_minus_static"]["wins"], best["controller_minus_static"]["losses"]) == (1, 0)
+    assert best["knobs"] == str(CHEAP) and best["crossfit_accuracy"] is not None
+    assert out["controller_beats_best_static"]
+    assert budget_comparison(p, np.full(4, 2), 10, rand)["best_static"] is None  # nothing fits 10 ms

@@ -34,6 +34,7 @@ def test_no_stale_entries():
     assert not set(TINY) - set(SCRIPTS), f"TINY names scripts that are not in benchmarks/: {set(TINY) - set(SCRIPTS)}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_benchmark_runs_tiny(name, tmp_path):
     if name not in TINY:

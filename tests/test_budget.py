@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from test_train import small_cfg
+from conftest import small_cfg
 
 from grpo_ctrl.app import train
 from grpo_ctrl.budget import BudgetError, BudgetScale, ReachWarning, warn_unreachable

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_bad_input import _one_line
-from test_resume import tiny_command
+import pytest
+from conftest import one_line, tiny_command
+
+pytestmark = pytest.mark.slow  # every test launches processes
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ("data.train_size=12", "data.val_size=8")
@@ -36,9 +38,9 @@ def test_a_store_built_in_shards_is_all_training_needs(tiny_model_dir, tmp_path)
 
 
 def test_bad_build_input_is_one_line(tiny_model_dir, tmp_path):
-    line = _one_line(build(tiny_model_dir, tmp_path / "s", "build.settings=[high/k9/b1]"))
+    line = one_line(build(tiny_model_dir, tmp_path / "s", "build.settings=[high/k9/b1]"))
     assert line.startswith("build_outcomes: build.settings ['high/k9/b1'] are not in the knob space")
-    line = _one_line(subprocess.run([sys.executable, "experiments/build_outcomes.py"], cwd=ROOT, capture_output=True,
+    line = one_line(subprocess.run([sys.executable, "experiments/build_outcomes.py"], cwd=ROOT, capture_output=True,
                                     text=True, timeout=120))
     assert "needs rollout.store=DIR" in line
 
@@ -48,6 +50,6 @@ def test_train_refuses_a_store_of_another_dataset_in_one_line(tiny_model_dir, tm
     assert build(tiny_model_dir, store, f"hydra.run.dir={tmp_path / 'b'}", "build.split=val").returncode == 0
     res = subprocess.run(tiny_command(tiny_model_dir, tmp_path / "run", "logger=none", "data.seed=1",
                                       f"rollout.store={store}"), cwd=ROOT, capture_output=True, text=True, timeout=300)
-    line = _one_line(res)  # before the model loads: nothing else printed
+    line = one_line(res)  # before the model loads: nothing else printed
     assert line.startswith(f"store error: rollout.store={store} holds outcomes of another data (differs in: seed)")
     assert not (tmp_path / "run" / "checkpoints").exists()

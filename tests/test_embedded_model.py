@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
+from grpo_ctrl.baselines import accuracy_by_type
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.data.synthetic import DEFAULT_MIX
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import LatencyEstimator
 from grpo_ctrl.rollout import PromptPool, RolloutEngine
 from grpo_ctrl.vlm import EMBEDDED_DIR, load_vlm
-from grpo_ctrl.vlm.evaluation import by_type
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,6 @@ def test_shipped_estimator_predicts_more_latency_for_more_work():
 
 
 def test_per_type_table_has_every_type(engine, test_prompts, test_questions):
-    table = by_type(test_questions, scores(engine, test_prompts, Knobs("high", 4, 6)))
+    table = accuracy_by_type(scores(engine, test_prompts, Knobs("high", 4, 6)), [q.qtype for q in test_questions])
     assert {"all"} | {t for t, w in DEFAULT_MIX.items() if w > 0} == table.keys()
     assert np.isfinite(list(table.values())).all()

@@ -180,8 +180,8 @@ def test_one_hooked_measurement(load, model_dir, samples):
 
 
 def test_train_runs_on_the_family(family, model_dir, tmp_path):
+    from conftest import CONF
     from hydra import compose, initialize_config_dir
-    from test_train import CONF
 
     from grpo_ctrl.app import train
     from grpo_ctrl.config import register_configs
@@ -271,6 +271,7 @@ def test_knob_space_beyond_the_model(family, model_dir, monkeypatch, knobs, matc
     _one_line(err)
 
 
+@pytest.mark.slow
 def test_train_py_stops_before_loading_on_a_bad_dir(tmp_path):
     import subprocess
     import sys

@@ -13,6 +13,8 @@ import pytest
 
 from grpo_ctrl.data.toy import write_toy_vqa
 
+pytestmark = pytest.mark.slow  # every test launches processes
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ["data=hf_vqa", "data.train_size=null", "data.val_size=8"]
 SMALL_MODEL = ["size.image_size=32", "size.patch_size=8", "size.vision_hidden=32", "size.vision_layers=1",
@@ -26,7 +28,6 @@ def _run(script: str, *overrides: str) -> subprocess.CompletedProcess:
     return res
 
 
-@pytest.mark.slow
 def test_pretrain_then_train_on_a_dataset_on_disk(tmp_path):
     data = write_toy_vqa(tmp_path / "toy", sizes={"train": 48, "validation": 16, "test": 16})
     model = tmp_path / "model"

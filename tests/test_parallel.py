@@ -38,6 +38,7 @@ def single_run(tiny_model_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_rank_with_the_same_global_batch(tiny_model_dir, single_run, tmp_path):
     res = run([TORCHRUN, "--standalone", "--nproc_per_node=2", "train.py", "parallel=ddp",
                *overrides(tiny_model_dir), f"hydra.run.dir={tmp_path}"])
@@ -56,6 +57,7 @@ def test_torchrun_two_ranks_equal_one_rank_with_the_same_global_batch(tiny_model
         assert budget["best_static"] == single["budgets"][frac]["best_static"]
 
 
+@pytest.mark.slow
 def test_self_launched_ddp_writes_one_run_dir_from_rank_0(tiny_model_dir, single_run, tmp_path):
     res = run([PY, "train.py", "parallel=ddp", "parallel.nproc=2", *overrides(tiny_model_dir),
                f"hydra.run.dir={tmp_path}"])
@@ -67,6 +69,7 @@ def test_self_launched_ddp_writes_one_run_dir_from_rank_0(tiny_model_dir, single
     assert res.stdout.count("outputs:") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["self", "torchrun"])
 def test_a_failing_rank_brings_the_job_down_with_its_error(tiny_model_dir, tmp_path, launcher):
     helper = str(ROOT / "tests" / "helpers" / "failing_rank.py")
@@ -79,6 +82,7 @@ def test_a_failing_rank_brings_the_job_down_with_its_error(tiny_model_dir, tmp_p
     assert "injected failure on rank 1" in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_multirun_with_ddp_keeps_one_dir_and_one_wandb_run_per_job(tiny_model_dir, tmp_path):
     args = [a for a in overrides(tiny_model_dir) if not a.startswith(("group_size", "logger"))]
     res = run([PY, "train.py", "-m", "parallel=ddp", "parallel.nproc=2", "group_size=2,4", *args, "logger=wandb",
@@ -99,7 +103,7 @@ def test_eval_shards_are_disjoint_and_cover_every_sample_once():
 
 def test_each_rank_expands_whole_groups_of_its_own_prompts(tiny_model_dir):
     """Rank r of N gets a contiguous block of the step's prompts, each repeated group_size times in a row."""
-    from test_train import small_cfg
+    from conftest import small_cfg
 
     from grpo_ctrl.app import build_data, build_vlm
     from grpo_ctrl.controller import build_controller
@@ -138,16 +142,12 @@ class MirroredRanks(ParallelContext):
         return [obj] * self.world_size
 
 
-def test_static_baselines_answer_only_this_ranks_share_of_the_val_prompts(tiny_model_dir):
-    from test_train import small_cfg
+def test_the_knob_grid_answers_only_this_ranks_share_of_the_prompts(tiny_model_dir):
+    from conftest import small_cfg
 
     from grpo_ctrl.app import build_data, build_vlm
-    from grpo_ctrl.controller import build_controller
-    from grpo_ctrl.latency import make_latency_provider
-    from grpo_ctrl.reward import make_reward
+    from grpo_ctrl.knob_grid import KnobGrid
     from grpo_ctrl.rollout import Prompt, RolloutEngine
-    from grpo_ctrl.statics import static_settings
-    from grpo_ctrl.trainer import JointGRPOTrainer
 
     cfg = small_cfg(tiny_model_dir)
     vlm, data = build_vlm(cfg.model), build_data(cfg.data)
@@ -155,16 +155,12 @@ def test_static_baselines_answer_only_this_ranks_share_of_the_val_prompts(tiny_m
     original = engine.run
     engine.run = lambda prompts, knobs: asked.update(p.key for p in prompts) or original(prompts, knobs)
     val = [Prompt(("val", i), data.sample("val", i)) for i in range(6)]
-    est = make_latency_provider("estimator", vlm, cfg.latency)
-    trainer = JointGRPOTrainer(cfg, engine, build_controller(cfg.controller, vlm.knob_space, 64, 64), est, est,
-                               make_reward(cfg.reward), val, val, Path("/tmp/unused"), MirroredRanks(1, 2))
-    trainer.start()
-    asked.clear()
-    statics = static_settings(trainer, est)
+    grid = KnobGrid.answer(engine, {"val": val}, MirroredRanks(1, 2))
     assert asked == {p.key for p in val[1::2]}
-    assert len(statics["settings"]) == 27 and all(len(s["scores"]) == 6 for s in statics["settings"])
+    assert all(len(row) == 6 for row in grid.outcomes["val"].values()) and len(grid.outcomes["val"]) == 27
 
 
+@pytest.mark.slow
 def test_dp_with_cpu_replicas_matches_single(tiny_model_dir, single_run, tmp_path):
     res = run([PY, "train.py", "parallel=dp", "parallel.devices=[cpu,cpu]", *overrides(tiny_model_dir),
                f"hydra.run.dir={tmp_path}"])
@@ -173,6 +169,7 @@ def test_dp_with_cpu_replicas_matches_single(tiny_model_dir, single_run, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_dp_without_two_gpus_stops_with_one_line(tiny_model_dir, tmp_path):
     if torch.cuda.device_count() >= 2:
         pytest.skip("this machine has >= 2 GPUs")

@@ -10,18 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_bad_input import _one_line
-from test_train import small_cfg
+from conftest import one_line, small_cfg, tiny_command
 
 from grpo_ctrl.app import train
 from grpo_ctrl.parallel import ParallelContext
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tiny_command(model_dir, run_dir, *extra):
-    return [sys.executable, "train.py", "model=hf", f"model.path={model_dir}", "prompts_per_step=4", "group_size=4",
-            "data.train_size=24", "data.val_size=8", "progress=false", "threads=1", f"hydra.run.dir={run_dir}", *extra]
+pytestmark = pytest.mark.slow  # every test launches processes
 
 
 def weights(run_dir):
@@ -89,7 +84,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_and_the_run_left_alone(
     before = {name: (trained_run / name).read_bytes() for name in files}
     res = subprocess.run(tiny_command(tiny_model_dir, trained_run, "steps=4", "logger=none", *change), cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
-    line = _one_line(res)  # exit 2, one line, and nothing loaded
+    line = one_line(res)  # exit 2, one line, and nothing loaded
     assert line.startswith("config error: checkpoint ") and difference in line and "resume=false" in line
     assert {name: (trained_run / name).read_bytes() for name in files} == before
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import small_cfg
 from PIL import Image
-from test_train import small_cfg
 
 from grpo_ctrl.app import train
 from grpo_ctrl.build import build_data
@@ -106,6 +106,7 @@ def test_bad_run_dirs_are_one_line(tmp_path, make, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_command_line(run, tmp_path):
     image = tmp_path / "x.png"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
@@ -120,6 +121,7 @@ def test_command_line(run, tmp_path):
     assert "exactly one of budget_ms" in missing.stderr
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_reads_the_whole_grid_from_the_store(run, tmp_path):
     """evaluate.py's grid over a shared outcome store: the first pass computes it, the next makes no model call."""
     def evaluate(name):
@@ -139,6 +141,7 @@ def test_a_second_evaluation_reads_the_whole_grid_from_the_store(run, tmp_path):
     assert [b["policies"] for b in first["budgets"]] == [b["policies"] for b in second["budgets"]]
 
 
+@pytest.mark.slow
 def test_evaluate_fills_every_column_on_the_test_split(run, tmp_path):
     out = tmp_path / "evaluation"
     res = subprocess.run([sys.executable, "experiments/evaluate.py", f"run_dir={run[0]}", "latency_source=estimator",

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_bad_input import _one_line
+from conftest import one_line
+
+pytestmark = pytest.mark.slow  # every test launches processes
 
 ROOT = Path(__file__).resolve().parent.parent
 AGGREGATE = [sys.executable, "experiments/aggregate_sweep.py"]
@@ -63,7 +65,7 @@ def test_aggregate_sweep_tabulates_every_job_and_budget_against_the_swept_parame
 
 
 def test_aggregate_sweep_of_a_dir_without_jobs_stops_with_one_line(tmp_path):
-    line = _one_line(run([*AGGREGATE, str(tmp_path)]))
+    line = one_line(run([*AGGREGATE, str(tmp_path)]))
     assert line.startswith(f"aggregate_sweep: {tmp_path} holds no finished job") and "multirun" in line
 
 
