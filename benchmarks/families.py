@@ -26,8 +26,8 @@ from latency_overhead import paired_times  # benchmarks/ is on sys.path when run
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from grpo_ctrl.data import GridVQA
-from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.latency import PhaseTimer
+from grpo_ctrl.latency.experiment import LatencyExperiment
 from grpo_ctrl.vlm import load_vlm
 from grpo_ctrl.vlm.tiny import FAMILIES, TINY_KNOBS, write_family_dir
 

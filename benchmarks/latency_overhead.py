@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from grpo_ctrl.data import GridVQA
-from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.latency.clock import now
+from grpo_ctrl.latency.experiment import LatencyExperiment
 from grpo_ctrl.vlm import load_vlm
 
 

@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -16,13 +14,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from grpo_ctrl.artifacts import write_json
 from grpo_ctrl.build import build_data, build_vlm
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
-from grpo_ctrl.experiment import write_to_model_dir
 from grpo_ctrl.vlm import VLMAdapter
 from grpo_ctrl.vlm.adapter import IMPORTANCE_FILE
 from grpo_ctrl.vlm.evaluation import first_token_correct
+from grpo_ctrl.vlm.loading import write_to_model_dir
 
 
 def block_importance(vlm: VLMAdapter, samples) -> dict:
@@ -51,12 +50,6 @@ def check_report(report: dict, vlm: VLMAdapter) -> None:
         sys.exit(2)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/block_importance")
 def main(cfg: DictConfig) -> None:
     check_minimums(cfg, {"samples": 1, "threads": 1}, "block_importance.py")
@@ -69,10 +62,9 @@ def main(cfg: DictConfig) -> None:
     print(f"drop order (least important first): {report['drop_order']}")
     check_report(report, vlm)  # before anything is written
     out = Path(HydraConfig.get().runtime.output_dir) / IMPORTANCE_FILE
-    out.write_text(json.dumps(report, indent=2))
+    write_json(out, report)
     if cfg.write_to_model:
-        write_to_model_dir(model_dir, IMPORTANCE_FILE, lambda path: atomic_write(path, json.dumps(report, indent=2)),
-                           cfg.overwrite_shipped)
+        write_to_model_dir(model_dir, IMPORTANCE_FILE, lambda path: write_json(path, report), cfg.overwrite_shipped)
 
 
 if __name__ == "__main__":

@@ -34,15 +34,16 @@ from grpo_ctrl.baselines import Profile, budget_points, evaluate_budgets
 from grpo_ctrl.build import build_data, inspect_model, open_store
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import RolloutConfig
-from grpo_ctrl.experiment import LatencyExperiment
+from grpo_ctrl.controller_file import ControllerFileError, read_controller
 from grpo_ctrl.knob_grid import KnobGrid
 from grpo_ctrl.latency import EstimatorError, make_latency_provider
 from grpo_ctrl.latency.estimator import REFIT_COMMAND, fraction_drift
+from grpo_ctrl.latency.experiment import LatencyExperiment
 from grpo_ctrl.outcomes import StoreError
 from grpo_ctrl.policy import greedy_knobs
 from grpo_ctrl.report import write_outputs
 from grpo_ctrl.rollout import PromptPool, RolloutEngine
-from grpo_ctrl.serve import ServeError, Server, read_controller
+from grpo_ctrl.serve import ServeError, Server
 
 
 def flip_rate(engine: RolloutEngine, prompts, grid: KnobGrid) -> dict:
@@ -105,7 +106,7 @@ def main(cfg: DictConfig) -> None:
         check(cfg)
         saved = read_controller(cfg.run_dir)
         server = Server.from_saved(saved)
-    except ServeError as err:
+    except (ServeError, ControllerFileError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         sys.exit(2)
     run_cfg = OmegaConf.create(saved["config"])

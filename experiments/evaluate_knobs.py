@@ -16,6 +16,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from grpo_ctrl.artifacts import write_json
 from grpo_ctrl.baselines import accuracy_by_type, cheapest_correct, headroom
 from grpo_ctrl.build import build_data, build_vlm, inspect_model, open_store
 from grpo_ctrl.cli import check_command_line, check_minimums
@@ -123,7 +124,7 @@ def main(cfg: DictConfig) -> None:
                             "latency_ms": latency[k], "accuracy": table[k]} for k in space.all()],
               "oracle_histogram": dict(histogram), "oracle_by_type": {t: dict(c) for t, c in by_qtype.items()}}
     out = Path(HydraConfig.get().runtime.output_dir) / "knob_report.json"
-    out.write_text(json.dumps(report, indent=2))
+    write_json(out, report)
     print(f"report: {out}")
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import replace
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from grpo_ctrl.artifacts import atomic_write
 from grpo_ctrl.build import build_data
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
@@ -273,10 +273,9 @@ def main(cfg: DictConfig) -> None:
             log.write(json.dumps({"step": step, "loss": loss.item(), **report}) + "\n")
             log.flush()
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            tmp = state_file.with_suffix(".tmp")
-            torch.save({"model": vlm.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "aux_head": aux_head.state_dict() if aux else None, "step": step}, tmp)
-            os.replace(tmp, state_file)
+            state = {"model": vlm.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                     "aux_head": aux_head.state_dict() if aux else None, "step": step}
+            atomic_write(state_file, lambda tmp, state=state: torch.save(state, tmp))
     vlm.model.eval()
     recipe = {"recipe": {"script": "experiments/pretrain_tiny_vlm.py", **OmegaConf.to_container(cfg)}}
     vlm.save_pretrained(run_dir / "model", dtype=torch.float16, extra=recipe)

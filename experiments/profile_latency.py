@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from grpo_ctrl.artifacts import atomic_write
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import register_configs
-from grpo_ctrl.experiment import LatencyExperiment, write_to_model_dir
 from grpo_ctrl.latency.estimator import (
     ESTIMATOR_FILE,
     PROFILE_KEYS,
@@ -27,7 +27,9 @@ from grpo_ctrl.latency.estimator import (
     evaluate,
     fit_estimator,
 )
+from grpo_ctrl.latency.experiment import LatencyExperiment
 from grpo_ctrl.latency.hooked import PhaseTiming
+from grpo_ctrl.vlm.loading import write_to_model_dir
 
 TARGETS = {"total_mape": 5.0, "decode_per_token_mape": 10.0, "predictions_per_s": 1e5, "covered": 0.97}
 
@@ -134,7 +136,7 @@ def plot(path: Path, est: LatencyEstimator, train: list[dict], test: list[dict])
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
 
 

@@ -14,10 +14,12 @@ import torch.multiprocessing as mp
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from grpo_ctrl.artifacts import atomic_write
 from grpo_ctrl.build import build_data, build_vlm, inspect_model, open_store
 from grpo_ctrl.checkpoint import CHECKPOINT, CheckpointError, architecture, check_architecture, read_checkpoint
 from grpo_ctrl.config import ConfigError, validate
 from grpo_ctrl.controller import build_controller
+from grpo_ctrl.controller_file import save_controller
 from grpo_ctrl.data import DataError
 from grpo_ctrl.job import JobInfo
 from grpo_ctrl.knobs import KnobError
@@ -216,7 +218,7 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobIn
         # is cut back to the checkpoint's step, config.yaml rewritten.
         trainer.tracker = Tracker(run_dir, cfg.logger, resolved, name=job.run_name(run_dir), start_step=trainer.step,
                                   wandb_run_id=trainer.wandb_run_id, group=job.sweep_dir)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         n_params = sum(p.numel() for p in controller.parameters())
         print(f"run dir: {run_dir}\ncontroller: {n_params} parameters; reference (full-knob) latency "
               f"{trainer.ref_ms:.2f} ms" + (f"; resumed at step {trainer.step}" if resumed else ""), flush=True)
@@ -226,10 +228,8 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobIn
         trainer.fit()
         report = trainer.final_report(val_latency)
         if ctx.is_main:
-            torch.save({"state_dict": controller.state_dict(), "knob_space": vlm.knob_space.to_dict(),
-                        "reference_latency_ms": trainer.ref_ms,
-                        "cheapest_latency_ms": trainer.median_latency(vlm.knob_space.cheapest),
-                        "config": resolved}, run_dir / "controller.pt")
+            saved = save_controller(run_dir, controller.state_dict(), vlm.knob_space, trainer.ref_ms,
+                                    trainer.median_latency(vlm.knob_space.cheapest), resolved)
             report.update(latency_source=cfg.latency.val, overrides=list(job.overrides),
                           timing=trainer.timing_report())
             json_path, png_path = write_report(report, run_dir)
@@ -238,7 +238,7 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobIn
             print(f"outcomes: {store.computed} computed, {store.read} read from the store "
                   f"({cfg.rollout.store or 'in memory'}; chunks of {cfg.rollout.batch_size})")
             print(f"outputs: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  controller: "
-                  f"{run_dir / 'controller.pt'}\n  report: {json_path}, {png_path}", flush=True)
+                  f"{saved}\n  report: {json_path}, {png_path}", flush=True)
         ctx.barrier()
         return report
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+
+from grpo_ctrl.artifacts import atomic_write
 
 
 def rng_state() -> dict[str, Any]:
@@ -23,12 +24,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
-    """Write to a temporary file and rename, so a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({**state, "rng": rng_state()}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({**state, "rng": rng_state()}, tmp))
 
 
 CHECKPOINT = Path("checkpoints") / "last.pt"  # under the run dir

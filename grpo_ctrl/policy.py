@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
 from grpo_ctrl.controller import TwoStageController
 from grpo_ctrl.knobs import Knobs, KnobSpace
@@ -84,7 +83,9 @@ class GreedyPolicy:
     @classmethod
     def load(cls, path: str | Path) -> GreedyPolicy:
         """From a run's `controller.pt` (state dict, knob space and config, as train.py writes it)."""
-        return cls.from_saved(torch.load(path, map_location="cpu", weights_only=False))
+        from grpo_ctrl.controller_file import read_controller
+
+        return cls.from_saved(read_controller(path))
 
     @classmethod
     def from_saved(cls, saved: dict) -> GreedyPolicy:

@@ -5,11 +5,12 @@ evaluation of `experiments/evaluate.py` (JSON, CSV, markdown and a Pareto plot).
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 
 import numpy as np
 
+from grpo_ctrl.artifacts import atomic_write, write_json
 from grpo_ctrl.baselines import POLICIES
 
 CSV_COLUMNS = ("budget_ms", "policy", "knobs", "accuracy", "violation_rate", "budgeted_accuracy", "mean_latency_ms",
@@ -42,7 +43,7 @@ def summary(report: dict) -> str:
 def write_report(report: dict, run_dir: Path) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     json_path = run_dir / "val_report.json"
-    json_path.write_text(json.dumps(report, indent=2))
+    write_json(json_path, report)
     png_path = run_dir / "val_report.png"
     plot_report(report, png_path)
     return json_path, png_path
@@ -73,7 +74,7 @@ def plot_report(report: dict, path: Path) -> None:
     ax2.legend()
     ax2.set_title("latency per budget")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 
@@ -82,14 +83,19 @@ def write_outputs(result: dict, out_dir: Path, stem: str = "evaluation") -> dict
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "csv", "md", "png")}
-    paths["json"].write_text(json.dumps(result, indent=2))
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_COLUMNS, restval="", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(csv_rows(result))
-    paths["md"].write_text(markdown(result))
+    write_json(paths["json"], result)
+    atomic_write(paths["csv"], csv_text(CSV_COLUMNS, csv_rows(result)))
+    atomic_write(paths["md"], markdown(result))
     plot_pareto(result, paths["png"])
     return paths
+
+
+def csv_text(columns, rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, list(columns), restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def csv_rows(result: dict) -> list[dict]:
@@ -154,5 +160,5 @@ def plot_pareto(result: dict, path: Path) -> None:
     ax.set_title("policies over budgets against the static settings")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)

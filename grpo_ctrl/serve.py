@@ -24,13 +24,12 @@ from omegaconf import MISSING, OmegaConf
 from PIL import Image
 
 from grpo_ctrl.budget import BudgetError, BudgetScale, warn_unreachable
+from grpo_ctrl.controller_file import ControllerFileError, read_controller
 from grpo_ctrl.data import extract_answer
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency.clock import now
 from grpo_ctrl.policy import GreedyPolicy
 from grpo_ctrl.vlm import VLMAdapter
-
-CONTROLLER_FILE = "controller.pt"
 
 
 class ServeError(ValueError):
@@ -68,7 +67,11 @@ class Server:
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, device: str | None = None) -> Server:
         """The controller, knob space, reference latency and model of a train.py run dir."""
-        return cls.from_saved(read_controller(run_dir), device)
+        try:
+            saved = read_controller(run_dir)
+        except ControllerFileError as err:
+            raise ServeError(str(err)) from None
+        return cls.from_saved(saved, device)
 
     @classmethod
     def from_saved(cls, saved: dict, device: str | None = None) -> Server:
@@ -110,25 +113,6 @@ class Server:
                                vision=encoded["vision"])
             latency = now(device) - start
         return Served(extract_answer(gen.answers[0]), knobs, budget, latency * 1000, decided * 1000)
-
-
-def read_controller(run_dir: str | Path) -> dict:
-    """`controller.pt` of a run dir, checked (one-line ServeError when it is missing or unreadable)."""
-    run_dir = Path(run_dir)
-    path = run_dir / CONTROLLER_FILE
-    if not run_dir.is_dir():
-        raise ServeError(f"run_dir={run_dir} is not a directory; give the output dir of a finished train.py run")
-    if not path.is_file():
-        raise ServeError(f"{path} does not exist: the run has not finished (train.py writes it at the end); "
-                         "give a finished run's dir")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one line
-        raise ServeError(f"{path} cannot be read ({type(err).__name__}); re-run train.py to write it") from None
-    missing = [k for k in ("state_dict", "knob_space", "reference_latency_ms", "config") if k not in saved]
-    if missing:
-        raise ServeError(f"{path} lacks {missing}: not a controller train.py wrote; re-run train.py")
-    return saved
 
 
 @dataclass

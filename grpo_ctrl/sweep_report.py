@@ -5,12 +5,14 @@ Both the basic and the submitit launchers lay a sweep out as `<multirun dir>/<jo
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from grpo_ctrl.artifacts import atomic_write
+from grpo_ctrl.report import csv_text
 
 REPORT = "val_report.json"
 TIMING = ("train_wall_s", "rollouts_per_s")
@@ -75,13 +77,9 @@ def write_sweep_report(multirun_dir: Path, out_dir: Path | None = None) -> tuple
     keys = swept_keys(jobs)
     table = rows(jobs, keys)
     out_dir = Path(out_dir or multirun_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"sweep.{ext}" for ext in ("csv", "md", "png")}
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    paths["md"].write_text(markdown(table, keys))
+    atomic_write(paths["csv"], csv_text(list(table[0]), table))
+    atomic_write(paths["md"], markdown(table, keys))
     plot(table, keys, paths["png"])
     return paths, unfinished
 
@@ -148,5 +146,5 @@ def plot(table: list[dict], keys: list[str], path: Path) -> None:
             ax.set_ylabel(label)
         row[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)

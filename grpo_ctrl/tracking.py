@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from grpo_ctrl.artifacts import atomic_write
+
 
 class Tracker:
     """Writes one JSON line per `log` call; mirrors it to wandb when configured. `finish()` per job.
@@ -49,9 +51,7 @@ class Tracker:
                 break
             if row.get("step", 0) <= step:
                 keep.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         row = {"step": step, **metrics}

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from grpo_ctrl.data import GridVQA
-from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.knobs import KnobError, Knobs
+from grpo_ctrl.latency.experiment import LatencyExperiment
 from grpo_ctrl.vlm import ModelDirError, load_vlm
 from grpo_ctrl.vlm.adapter import continued
 from grpo_ctrl.vlm.tiny import FAMILIES, write_family_dir

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from grpo_ctrl.data import GridVQA
-from grpo_ctrl.experiment import LatencyExperiment
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import HookedLatency, MeasuredLatency, PhaseTimer, PhaseTiming, Request
+from grpo_ctrl.latency.experiment import LatencyExperiment
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from omegaconf import OmegaConf
 
 from grpo_ctrl.config import DataConfig, LatencyConfig
 from grpo_ctrl.data import GridVQA
-from grpo_ctrl.experiment import BaseExperiment, LatencyExperiment
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import (
     EstimatorError,
@@ -19,6 +18,7 @@ from grpo_ctrl.latency import (
     Request,
     make_latency_provider,
 )
+from grpo_ctrl.latency.experiment import BaseExperiment, LatencyExperiment
 from grpo_ctrl.latency.providers import estimator_path
 
 COEF = {"vision": [1, 0, 0], "prefill": [1, 0.01, 0, 0, 0.1, 0, 0], "decode_step": [0.5, 0.2, 0, 0],

@@ -1,9 +1,11 @@
 """The numpy serving policy decides exactly like the torch controller it was folded from."""
 
 import numpy as np
+import pytest
 import torch
 
 from grpo_ctrl.controller import TwoStageController
+from grpo_ctrl.controller_file import FORMAT, ControllerFileError, read_controller, save_controller
 from grpo_ctrl.knobs import KnobSpace
 from grpo_ctrl.policy import GreedyPolicy
 
@@ -69,9 +71,23 @@ def test_interleaved_requests_decide_as_if_alone():
 def test_load_from_a_saved_controller_file(tmp_path):
     c = _trained_looking_controller(seed=3)
     path = tmp_path / "controller.pt"
-    torch.save({"state_dict": c.state_dict(), "knob_space": SPACE.to_dict(),
-                "config": {"controller": {"hidden": 32, "budget_frequencies": 8, "feature_dim": 16}}}, path)
+    save_controller(tmp_path, c.state_dict(), SPACE, 20.0, 5.0,
+                    {"controller": {"hidden": 32, "budget_frequencies": 8, "feature_dim": 16}})
     a, b = GreedyPolicy(c), GreedyPolicy.load(path)
     q = np.random.default_rng(0).standard_normal(48)
     assert a.tier(0.7, q).tier == b.tier(0.7, q).tier
     np.testing.assert_array_equal(a.question_w, b.question_w)
+
+
+def test_controller_files_carry_a_format_and_newer_ones_are_refused_in_one_line(tmp_path):
+    c = _trained_looking_controller(seed=3)
+    path = save_controller(tmp_path, c.state_dict(), SPACE, 20.0, None, {"controller": {}})
+    saved = read_controller(tmp_path)
+    assert saved["format"] == FORMAT and saved["reference_latency_ms"] == 20.0
+    legacy = {k: v for k, v in saved.items() if k != "format"}  # written before the format number: same fields
+    torch.save(legacy, path)
+    assert read_controller(path)["knob_space"] == SPACE.to_dict()
+    torch.save({**saved, "format": FORMAT + 1}, path)
+    with pytest.raises(ControllerFileError, match="newer than this grpo-ctrl reads") as err:
+        read_controller(tmp_path)
+    assert "\n" not in str(err.value)

@@ -17,12 +17,12 @@ Prediction is vectorised over numpy arrays.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from grpo_ctrl.artifacts import write_json
 from grpo_ctrl.latency.base import Request
 from grpo_ctrl.vlm import EMBEDDED_DIR
 
@@ -183,12 +183,7 @@ class LatencyEstimator:
                 "coef": {p: [float(v) for v in c] for p, c in self.coef.items()}, "meta": self.meta}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> LatencyEstimator:
@@ -304,10 +299,6 @@ class EstimatorLatency:
 
     def __init__(self, estimator: LatencyEstimator):
         self.estimator = estimator
-
-    @classmethod
-    def from_path(cls, path: str | Path | None = None) -> EstimatorLatency:
-        return cls(LatencyEstimator.load(path))
 
     def latency_ms(self, requests: Sequence[Request]) -> np.ndarray:
         return self.estimator.predict_total(*request_arrays(requests))

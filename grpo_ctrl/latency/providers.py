@@ -86,7 +86,7 @@ def make_latency_provider(kind: str, vlm=None, latency_cfg: Any = None, experime
         if experiment is None:
             if vlm is None:
                 raise ValueError("the hooked latency provider needs a LatencyExperiment or the vlm")
-            from grpo_ctrl.experiment import LatencyExperiment
+            from grpo_ctrl.latency.experiment import LatencyExperiment
 
             experiment = LatencyExperiment(vlm=vlm)
         return HookedLatency(experiment, warmup=warmup, repeats=repeats, threads=threads, statistic=statistic)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from grpo_ctrl.artifacts import write_json
 from grpo_ctrl.knobs import KnobError, Knobs, KnobSpace
 
 ADAPTER_FILE = "grpo_ctrl.json"
@@ -197,7 +197,7 @@ class VLMAdapter:
                 self.model.float()
         self.processor.save_pretrained(path)
         meta = {**self.meta, "family": self.family, "knob_space": self.knob_space.to_dict(), **(extra or {})}
-        (path / ADAPTER_FILE).write_text(json.dumps(meta, indent=2))
+        write_json(path / ADAPTER_FILE, meta)
 
     # ---------------------------------------------------------------- knobs
     @property

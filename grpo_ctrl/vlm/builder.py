@@ -4,7 +4,7 @@ its locally built processor, as a Llava adapter."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen3MoeConfig, SiglipVisionConfig
 
@@ -58,7 +58,3 @@ def embedded_vlm(tokenizer, size: EmbeddedVLMSize, knob_space: KnobSpace,
     model = build_embedded_vlm(len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE), size)
     processor = build_processor(tokenizer, size.image_size, size.patch_size)
     return LlavaAdapter(model, processor, knob_space, block_drop_order, {"tier_pooling": "patches"})
-
-
-def size_dict(size: EmbeddedVLMSize) -> dict:
-    return asdict(size)

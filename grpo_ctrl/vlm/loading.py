@@ -10,6 +10,7 @@ settings), block_importance.json (drop order of knob 3), latency_estimator.json 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +112,16 @@ def load_inspected(spec: ModelDir, dtype: torch.dtype = torch.float32, device_ma
     vlm = spec.adapter(model, processor, spec.knob_space, spec.drop_order, spec.meta)
     vlm.source = spec.path
     return vlm
+
+
+def write_to_model_dir(model_dir: Path, name: str, write: Callable[[Path], object], overwrite_shipped: bool) -> bool:
+    """`write(model_dir / name)`, unless the model dir is the embedded VLM shipped in the package and
+    `overwrite_shipped` is false (then one line says where the result stays). True when written."""
+    target = Path(model_dir) / name
+    if Path(model_dir).resolve() == EMBEDDED_DIR.resolve() and not overwrite_shipped:
+        print(f"not replacing the shipped {target} (pass overwrite_shipped=true to replace it); this run's copy is "
+              "in its output dir", flush=True)
+        return False
+    write(target)
+    print(f"wrote {target}", flush=True)
+    return True

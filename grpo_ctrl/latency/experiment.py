@@ -1,4 +1,6 @@
-"""Shared set-up of experiments: config, model, data, output dir, JSON results; and hooked latency.
+"""Latency experiments: the shared set-up (config, model, data, output dir, JSON results) of a study that times
+inference, and `LatencyExperiment.measure_inference_latency`, one generate() split into phases by forward hooks.
+Subclass `BaseExperiment` for your own study (the scripts in experiments/ are its users).
 
     exp = LatencyExperiment(cfg)                 # builds vlm from cfg.model, data from cfg.data (lazily)
     exp = LatencyExperiment(vlm=vlm)             # around a model you already have
@@ -8,15 +10,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from grpo_ctrl.artifacts import write_json
 from grpo_ctrl.data import VQASample
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency.hooked import PhaseTiming, hooked_generate
@@ -31,21 +31,6 @@ def hydra_output_dir() -> Path | None:
     if not HydraConfig.initialized():
         return None
     return Path(HydraConfig.get().runtime.output_dir)
-
-
-def write_to_model_dir(model_dir: Path, name: str, write: Callable[[Path], object], overwrite_shipped: bool) -> bool:
-    """`write(model_dir / name)`, unless the model dir is the embedded VLM shipped in the package and
-    `overwrite_shipped` is false (then one line says where the result stays). True when written."""
-    from grpo_ctrl.vlm import EMBEDDED_DIR
-
-    target = Path(model_dir) / name
-    if Path(model_dir).resolve() == EMBEDDED_DIR.resolve() and not overwrite_shipped:
-        print(f"not replacing the shipped {target} (pass overwrite_shipped=true to replace it); this run's copy is "
-              "in its output dir", flush=True)
-        return False
-    write(target)
-    print(f"wrote {target}", flush=True)
-    return True
 
 
 class BaseExperiment:
@@ -94,11 +79,8 @@ class BaseExperiment:
 
     def save_results(self, name: str, results: dict) -> Path:
         """Write `results` as JSON to `<output_dir>/<name>.json` (atomically); returns the path."""
-        path = self.output_dir / (name if name.endswith(".json") else f"{name}.json")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2, default=_jsonable))
-        os.replace(tmp, path)
-        return path
+        return write_json(self.output_dir / (name if name.endswith(".json") else f"{name}.json"), results,
+                          default=_jsonable)
 
 
 def _jsonable(obj: Any):
