@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from grpo_ctrl.artifacts import write_json
 from grpo_ctrl.build import build_data, build_vlm
 from grpo_ctrl.cli import check_command_line, check_minimums
-from grpo_ctrl.config import register_configs
+from grpo_ctrl.script_configs import register_script_configs
 from grpo_ctrl.vlm import VLMAdapter
 from grpo_ctrl.vlm.adapter import IMPORTANCE_FILE
 from grpo_ctrl.vlm.evaluation import first_token_correct
@@ -38,7 +38,7 @@ def block_importance(vlm: VLMAdapter, samples) -> dict:
             "split": "val", "knobs": f"{full.tier}/k{full.top_k}, all other blocks"}
 
 
-register_configs()
+register_script_configs()
 
 
 def check_report(report: dict, vlm: VLMAdapter) -> None:

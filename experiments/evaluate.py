@@ -43,6 +43,7 @@ from grpo_ctrl.outcomes import StoreError
 from grpo_ctrl.policy import greedy_knobs
 from grpo_ctrl.report import write_outputs
 from grpo_ctrl.rollout import PromptPool, RolloutEngine
+from grpo_ctrl.script_configs import register_script_configs
 from grpo_ctrl.serve import ServeError, Server
 
 
@@ -96,6 +97,8 @@ def check(cfg: DictConfig) -> None:
                          "estimator_tolerance": 0, "fidelity_prompts": 0, **sizes},
                    "evaluate.py")
 
+
+register_script_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate")

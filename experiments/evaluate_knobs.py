@@ -20,10 +20,10 @@ from grpo_ctrl.artifacts import write_json
 from grpo_ctrl.baselines import accuracy_by_type, cheapest_correct, headroom
 from grpo_ctrl.build import build_data, build_vlm, inspect_model, open_store
 from grpo_ctrl.cli import check_command_line, check_minimums
-from grpo_ctrl.config import register_configs
 from grpo_ctrl.knob_grid import KnobGrid
 from grpo_ctrl.latency import make_latency_provider
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring, default_workers
+from grpo_ctrl.script_configs import register_script_configs
 
 
 def monotone_violations(space, acc: dict, tolerance: float) -> list[str]:
@@ -53,7 +53,7 @@ def knob_bottlenecks(space, table: dict, types: list[str]) -> dict[str, dict]:
     return out
 
 
-register_configs()
+register_script_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/evaluate_knobs")

@@ -30,14 +30,14 @@ from omegaconf import DictConfig, OmegaConf
 from grpo_ctrl.artifacts import atomic_write
 from grpo_ctrl.build import build_data
 from grpo_ctrl.cli import check_command_line, check_minimums
-from grpo_ctrl.config import register_configs
 from grpo_ctrl.data import GridVQA, VQASource, vocabulary
 from grpo_ctrl.knobs import Knobs, KnobSpace
+from grpo_ctrl.script_configs import register_script_configs
 from grpo_ctrl.vlm.builder import EmbeddedVLMSize, embedded_vlm
 from grpo_ctrl.vlm.llava import LlavaAdapter
 from grpo_ctrl.vlm.tokenizer import build_tokenizer, words_of
 
-register_configs()
+register_script_configs()
 
 
 def task_words(data: VQASource, train, max_words: int) -> list[str]:

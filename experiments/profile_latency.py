@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.artifacts import atomic_write
 from grpo_ctrl.cli import check_command_line, check_minimums
-from grpo_ctrl.config import register_configs
 from grpo_ctrl.latency.estimator import (
     ESTIMATOR_FILE,
     PROFILE_KEYS,
@@ -29,6 +28,7 @@ from grpo_ctrl.latency.estimator import (
 )
 from grpo_ctrl.latency.experiment import LatencyExperiment
 from grpo_ctrl.latency.hooked import PhaseTiming
+from grpo_ctrl.script_configs import register_script_configs
 from grpo_ctrl.vlm.loading import write_to_model_dir
 
 TARGETS = {"total_mape": 5.0, "decode_per_token_mape": 10.0, "predictions_per_s": 1e5, "covered": 0.97}
@@ -144,7 +144,7 @@ def fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "rows")
 
 
-register_configs()
+register_script_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="experiments/profile_latency")
@@ -205,7 +205,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.plot:
         plot(exp.output_dir / "predicted_vs_measured.png", held, train, test)
     report = exp.save_results("profile_latency_report", {
-        "config": OmegaConf.to_container(cfg, resolve=True), "checks": checks, "heldout": heldout,
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "checks": checks, "heldout": heldout,
         "heldout_both": heldout_both, "held_out_settings": held_s, "held_out_prompts": held_p,
         "in_sample": full, "targets": targets, "profile": str(profile_path), "estimator": str(out_est)})
     print(f"profile: {profile_path}\nestimator: {out_est}\nreport: {report}")

@@ -138,7 +138,7 @@ def run_ddp(cfg: DictConfig, run_dir: Path, job: JobInfo) -> None:
         nproc = cfg.parallel.nproc
         exit_on_config_error(cfg, world_size=nproc)
         port = free_port()
-        container = OmegaConf.to_container(cfg, resolve=True)
+        container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         # Workers that raise bring the others down; the first error is re-raised here.
         mp.start_processes(_ddp_worker, args=(container, str(run_dir), job, nproc, port), nprocs=nproc,
                            start_method="spawn")
@@ -209,7 +209,7 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobIn
     val_latency = make_latency_provider(cfg.latency.val, vlm, cfg.latency)
     train_pool = PromptPool(data.split("train", cfg.data.train_size), "train")
     val_pool = PromptPool(data.split("val", cfg.data.val_size), "val")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     trainer = JointGRPOTrainer(cfg, engine, controller, train_latency, val_latency, make_reward(cfg.reward),
                                train_pool, val_pool, run_dir, ctx)
     resumed = trainer.start()

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
-UNITS = ("fraction", "ms")
+
+class Unit(StrEnum):
+    """What a budget value means."""
+
+    fraction = "fraction"  # of the reference (full-knob) latency
+    ms = "ms"
+
+
+UNITS = tuple(u.value for u in Unit)
 
 
 class BudgetError(ValueError):

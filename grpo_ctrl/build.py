@@ -30,11 +30,7 @@ def build_vlm(model_cfg: DictConfig, spec: ModelDir | None = None) -> VLMAdapter
 def build_data(data_cfg: DictConfig) -> VQASource:
     """The data source `data_cfg` names (opening a dataset reads no image)."""
     if data_cfg.name == "grid_vqa":
-        return GridVQA(seed=data_cfg.seed, mix=dict(data_cfg.mix), grid=data_cfg.grid,
-                       cell_px=data_cfg.cell_px, odd_cells=tuple(data_cfg.odd_cells),
-                       odd_squares=tuple(data_cfg.odd_squares), chain_hops=tuple(data_cfg.chain_hops),
-                       cell_mosaics=tuple(data_cfg.cell_mosaics), relay_hops=tuple(data_cfg.relay_hops),
-                       pair_keys=data_cfg.pair_keys, relay_keys=data_cfg.relay_keys)
+        return GridVQA.from_config(data_cfg)
     if data_cfg.name == "hf_vqa":
         from grpo_ctrl.data.hf import HFVQA  # imports `datasets` only when used
 

@@ -4,6 +4,7 @@ print one line (what, where, how to fix) with exit status 2, before anything loa
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import sys
 from collections.abc import Sequence
@@ -64,6 +65,8 @@ def describe(err: HydraException, config_dir: Path, config_name: str) -> str:
         key = text.split("'")[1]
         if _is_node(key, config_dir, config_name):
             return f"{key} is a group of keys here, not a value; set its keys instead ({key}.<key>=<value>)"
+        if owners := _options_with_key(key):
+            return f"{key} is a key of {' / '.join(owners)}, not of the option chosen; choose it ({owners[0]})"
         hint = _close_key(key, config_dir, config_name)
         return f"{key} is not a config key{hint}; fix the name, or add a new key with +{key}=<value>"
     if text.startswith("Error merging override "):
@@ -71,6 +74,15 @@ def describe(err: HydraException, config_dir: Path, config_name: str) -> str:
         reason = cause[0] if cause else "the value does not fit the key's type"
         return f"{override}: {reason}"
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _options_with_key(key: str) -> list[str]:
+    """`group=option` for each option of the key's group whose schema has the key (e.g. data.path: data=hf_vqa)."""
+    from grpo_ctrl.config import GROUP_SCHEMAS
+
+    group, _, name = key.partition(".")
+    return [f"{group}={option}" for option, schema in GROUP_SCHEMAS.get(group, {}).items()
+            if "." not in name and name in {f.name for f in dataclasses.fields(schema)}]
 
 
 def _is_node(key: str, config_dir: Path, config_name: str) -> bool:

@@ -10,28 +10,46 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from grpo_ctrl.data.synthetic import (
-    CELL_MOSAICS,
-    CELL_PX,
-    CHAIN_HOPS,
-    DEFAULT_MIX,
-    GRID,
-    ODD_CELLS,
-    ODD_SQUARES,
-    PAIR_KEYS,
-    QUESTION_TYPES,
-    RELAY_HOPS,
-    RELAY_KEYS,
-)
+from grpo_ctrl.budget import Unit
+from grpo_ctrl.data.hf import HFVQAConfig
+from grpo_ctrl.data.source import DataSourceConfig
+from grpo_ctrl.data.synthetic import QUESTION_TYPES, GridVQAConfig
+from grpo_ctrl.grpo import Advantage
+from grpo_ctrl.parallel import DDPConfig, DPConfig, ParallelConfig, SingleConfig
+from grpo_ctrl.reward import DefaultRewardConfig, RewardConfig, SeedRewardConfig
 
 
 class ConfigError(ValueError):
     """An invalid combination of config values."""
+
+
+class DType(StrEnum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class LatencySource(StrEnum):
+    estimator = "estimator"  # the fitted estimator (fast, batched)
+    measured = "measured"  # end-to-end generate() at batch 1
+    hooked = "hooked"  # forward hooks timing vision / prefill / decode in one generate()
+
+
+class Statistic(StrEnum):
+    median = "median"
+    min = "min"  # the least-interfered run (noisy shared machines)
+
+
+class WandbMode(StrEnum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
 
 
 @dataclass
@@ -52,54 +70,16 @@ class ModelConfig:
     name: str = "embedded"  # embedded (shipped in the package) | hf (any supported model directory)
     path: str | None = None  # hf: a directory as transformers saves it (config.json, weights, processor files)
     knobs: KnobSpaceConfig = field(default_factory=KnobSpaceConfig)
-    dtype: str = "float32"
+    dtype: DType = DType.float32
     device: str = "cpu"  # cpu | cuda | cuda:N
     device_map: str | None = None  # e.g. auto: spread a model larger than one GPU (needs accelerate); then
     #                               `device` is not used
-    max_new_tokens: int = 2
-
-
-@dataclass
-class FieldsConfig:
-    """hf_vqa: which column holds what."""
-
-    image: str = "image"  # an image feature, image bytes, or a path (relative paths: under data.image_root)
-    question: str = "question"
-    answers: str = "answers"  # one string, a list of strings, or a list of dicts (VQAv2: [{"answer": ...}, ...])
-    answer_key: str = "answer"  # the key of the answer text when `answers` holds dicts
-    qtype: str | None = None  # optional question-type column (per-type reports)
-
-
-@dataclass
-class DataConfig:
-    name: str = "grid_vqa"  # grid_vqa (synthetic, shipped) | hf_vqa (a Hugging Face dataset on disk)
-    seed: int = 0  # grid_vqa: the generator; hf_vqa: which subset a size draws
-    metric: str = "exact_match"  # answer score behind reward and reports: vqa | exact_match | anls
-    train_size: int | None = 2048  # distinct training prompts (hf_vqa: null = the whole split)
-    val_size: int | None = 192  # validation prompts, each evaluated at every validation budget
-    test_size: int | None = 1024  # held-out prompts (evaluation only)
-    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))  # grid_vqa: question-type weights
-    grid: int = GRID  # grid_vqa: cells per side (the embedded VLM has one patch per cell)
-    cell_px: int = CELL_PX  # grid_vqa: pixels per cell side
-    odd_cells: list[int] = field(default_factory=lambda: list(ODD_CELLS))  # grid_vqa: odd cells per quadrant (min, max)
-    odd_squares: list[int] = field(default_factory=lambda: list(ODD_SQUARES))  # grid_vqa: odd 2x2 squares per quadrant
-    chain_hops: list[int] = field(default_factory=lambda: list(CHAIN_HOPS))  # grid_vqa: hops a chain question draws
-    cell_mosaics: list[int] = field(default_factory=lambda: list(CELL_MOSAICS))  # grid_vqa: mosaics per quadrant
-    relay_hops: list[int] = field(default_factory=lambda: list(RELAY_HOPS))  # grid_vqa: lookups a relay question draws
-    pair_keys: int = PAIR_KEYS  # grid_vqa: keys a pair question draws two of (its table has pair_keys^2 entries)
-    relay_keys: int = RELAY_KEYS  # grid_vqa: keys a relay question carries (its table has relay_keys x 6 entries)
-    # hf_vqa
-    path: str | None = None  # a `save_to_disk` dir, an imagefolder dir, or the base dir of `data_files`
-    format: str = "auto"  # auto | disk | parquet | json | csv | imagefolder
-    data_files: dict[str, Any] | None = None  # parquet / json / csv: dataset split name -> file or list of files
-    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "val": "validation", "test": "test"})
-    fields: FieldsConfig = field(default_factory=FieldsConfig)
-    image_root: str | None = None  # base of relative image paths (null: data.path)
+    max_new_tokens: int = 2  # one-word answer + EOS
 
 
 @dataclass
 class BudgetConfig:
-    unit: str = "fraction"  # fraction (of the full-knob latency of a typical request) | ms
+    unit: Unit = Unit.fraction  # fraction (of the full-knob latency of a typical request) | ms
     train_min: float = 0.35  # training budgets are drawn uniformly from [train_min, train_max]
     train_max: float = 1.05
     val: list[float] = field(default_factory=lambda: [0.4, 0.55, 0.7, 0.85, 1.0])
@@ -113,45 +93,21 @@ class ControllerConfig:
 
 
 @dataclass
-class RewardConfig:
-    name: str = "default"  # default | seed
-    violation_penalty: float = 2.0  # default: accuracy - violation_penalty * max(0, L - B) / B
-    latency_cost: float = 0.0  # default: optional - latency_cost * L / B
-    violation_cost: float = 0.0  # default: optional - violation_cost * [L > B] (a per-request SLO)
-    spend_bonus: float = 0.05  # default: + spend_bonus * min(L, B) / B (time under the budget is free; 0: off)
-    gold_prob_weight: float = 0.0  # accuracy term = (1 - w) * answer score + w * p(gold answer), both rewards
-    alpha: float = 1.0  # seed formula (see grpo_ctrl/reward.py)
-    beta: float = 0.5
-    gamma: float = 10.0
-    delta: float = 0.1
-    epsilon: float = 0.05
-
-
-@dataclass
 class LatencyConfig:
-    name: str = "estimator"
-    train: str = "estimator"  # estimator | measured   (latency behind the training reward)
-    val: str = "estimator"  # estimator | measured | hooked
-    estimator_path: str | None = None  # null = the estimator shipped with the embedded VLM
+    train: LatencySource = LatencySource.estimator  # behind the training reward: estimator | measured
+    val: LatencySource = LatencySource.estimator  # behind validation: estimator | measured | hooked
+    estimator_path: str | None = None  # null: <model dir>/latency_estimator.json
     train_noise_cv: float = 0.0  # training reward sees latency x lognormal noise of this CV (real latency jitters)
     warmup: int = 1  # measured / hooked: untimed runs before timing
     repeats: int = 3  # measured / hooked: timed runs per request (summarised by `statistic`)
     threads: int | None = None  # measured / hooked: intra-op threads while timing (null: the run's `threads`)
-    statistic: str = "median"  # measured / hooked: a request's latency over its repeats: median | min
-
-
-@dataclass
-class ParallelConfig:
-    name: str = "single"  # single | dp | ddp
-    nproc: int = 1  # ddp: worker processes to start when not under torchrun / SLURM
-    backend: str = "auto"  # ddp: auto (gloo for CPU tensors, plus nccl for CUDA tensors on GPU) | gloo | nccl
-    devices: list[str] = field(default_factory=list)  # dp: replica devices, e.g. [cuda:0, cuda:1]
+    statistic: Statistic = Statistic.median  # measured / hooked: a request's latency over its repeats
 
 
 @dataclass
 class LoggerConfig:
     name: str = "wandb"  # wandb | none
-    mode: str = "offline"  # online | offline | disabled
+    mode: WandbMode = WandbMode.offline
     project: str = "grpo-ctrl"
     entity: str | None = None
     tags: list[str] = field(default_factory=list)
@@ -161,7 +117,7 @@ class LoggerConfig:
 class GRPOConfig:
     # group | batch | none. batch: a group whose settings are all right differs only by tiny dense terms
     # (gold-answer probability), and dividing by that group's own std would blow those up to +-1.
-    advantage: str = "batch"
+    advantage: Advantage = Advantage.batch
     epsilon: float = 0.2  # PPO-style clip range
     num_iterations: int = 2  # optimisation passes over each rollout batch
     beta: float = 0.0  # KL to the frozen initial controller
@@ -185,15 +141,15 @@ class RolloutConfig:
 @dataclass
 class TrainConfig:
     model: ModelConfig = MISSING
-    data: DataConfig = MISSING
+    data: DataSourceConfig = MISSING
     controller: ControllerConfig = MISSING
     reward: RewardConfig = MISSING
     latency: LatencyConfig = MISSING
     parallel: ParallelConfig = MISSING
     logger: LoggerConfig = MISSING
+    rollout: RolloutConfig = MISSING
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     group_size: int = 8  # knob settings sampled per (prompt, budget)
     prompts_per_step: int = 16  # (prompt, budget) pairs per optimiser step, over all ranks
     lr: float = 1e-3
@@ -221,6 +177,19 @@ class BuildOutcomesConfig(TrainConfig):
     build: BuildConfig = field(default_factory=BuildConfig)
 
 
+# Each group option's schema, by group: `conf/<group>/<option>.yaml` names `<option>_schema` in its defaults.
+GROUP_SCHEMAS = {
+    "model": {"embedded": ModelConfig, "hf": ModelConfig},
+    "data": {"grid_vqa": GridVQAConfig, "hf_vqa": HFVQAConfig},
+    "controller": {"default": ControllerConfig},
+    "reward": {"default": DefaultRewardConfig, "seed": SeedRewardConfig},
+    "latency": {"estimator": LatencyConfig, "measured": LatencyConfig, "hooked": LatencyConfig},
+    "parallel": {"single": SingleConfig, "dp": DPConfig, "ddp": DDPConfig},
+    "logger": {"wandb": LoggerConfig, "none": LoggerConfig},
+    "rollout": {"default": RolloutConfig},
+}
+
+
 def run_stamp() -> str:
     """Run-dir name: microsecond time, or the torchrun job id so that every rank of one job agrees."""
     job = os.environ.get("TORCHELASTIC_RUN_ID")
@@ -245,29 +214,9 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="build_outcomes_schema", node=BuildOutcomesConfig)
-    for group, node in [("model", ModelConfig), ("data", DataConfig), ("controller", ControllerConfig),
-                        ("reward", RewardConfig), ("latency", LatencyConfig), ("parallel", ParallelConfig),
-                        ("logger", LoggerConfig)]:
-        cs.store(group=group, name=f"{group}_schema", node=node)
-
-
-_CHOICES = {
-    "reward.name": ("default", "seed"),
-    "latency.train": ("estimator", "measured"),
-    "latency.val": ("estimator", "measured", "hooked"),
-    "parallel.name": ("single", "dp", "ddp"),
-    "parallel.backend": ("auto", "gloo", "nccl"),
-    "logger.name": ("wandb", "none"),
-    "logger.mode": ("online", "offline", "disabled"),
-    "grpo.advantage": ("group", "batch", "none"),
-    "latency.statistic": ("median", "min"),
-    "budgets.unit": ("fraction", "ms"),
-    "model.dtype": ("float32", "float16", "bfloat16"),
-    "model.name": ("embedded", "hf"),
-    "data.name": ("grid_vqa", "hf_vqa"),
-    "data.metric": ("vqa", "exact_match", "anls"),
-    "data.format": ("auto", "disk", "parquet", "json", "csv", "imagefolder"),
-}
+    for group, options in GROUP_SCHEMAS.items():
+        for option, node in options.items():
+            cs.store(group=group, name=f"{option}_schema", node=node)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -298,9 +247,17 @@ def validate_rollout(rollout: DictConfig | Any) -> None:
 
 def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
     """Check relations between values; one clear line per problem (the first one found)."""
-    for key, allowed in _CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        _require(value in allowed, f"{key}={value!r} is not supported; use one of {list(allowed)}")
+    for group, options in GROUP_SCHEMAS.items():
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        own = [o for o, schema in options.items() if OmegaConf.get_type(node) is schema]
+        name = node.get("name")
+        _require(name is None or name in options and (len(own) != 1 or own == [name]),
+                 f"{group}.name={name}: the {group} option sets it; choose the option with {group}=<"
+                 f"{'|'.join(options)}>")
+    _require(cfg.latency.train != LatencySource.hooked,
+             "latency.train=hooked: hooked timing is for validation; train on latency.train=estimator or measured")
     _require(cfg.group_size >= 2, f"group_size={cfg.group_size}: GRPO needs >= 2 samples per group to compare; "
              "set group_size=2 or more")
     _require(cfg.prompts_per_step >= 1, f"prompts_per_step={cfg.prompts_per_step} must be >= 1")
@@ -316,7 +273,10 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
              f"reward.gold_prob_weight={cfg.reward.gold_prob_weight} must be in [0, 1] (0: exact answer score only)")
     _require(cfg.latency.repeats >= 1, f"latency.repeats={cfg.latency.repeats} must be >= 1 (timed runs per request)")
     _require(cfg.latency.warmup >= 0, f"latency.warmup={cfg.latency.warmup} must be >= 0 (untimed runs first)")
-    _require(cfg.parallel.nproc >= 1, f"parallel.nproc={cfg.parallel.nproc} must be >= 1 (worker processes for ddp)")
+    if cfg.parallel.name == "ddp":
+        _require(cfg.parallel.nproc >= 1, f"parallel.nproc={cfg.parallel.nproc} must be >= 1 (worker processes)")
+        _require(cfg.parallel.backend != "nccl" or cfg.model.device.startswith("cuda"),
+                 f"parallel.backend=nccl needs model.device=cuda (got {cfg.model.device}); use parallel.backend=auto")
     _require(cfg.latency.threads is None or cfg.latency.threads >= 1,
              f"latency.threads={cfg.latency.threads} must be >= 1, or null to time with the run's threads")
     validate_rollout(cfg.rollout)
@@ -344,7 +304,5 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
         if values is not None:
             _require(len(values) >= 1 and all(v >= 1 for v in values),
                      f"model.knobs.{key}={list(values)}: list one or more values >= 1")
-    _require(cfg.parallel.backend != "nccl" or cfg.model.device.startswith("cuda"),
-             f"parallel.backend=nccl needs model.device=cuda (got {cfg.model.device}); use parallel.backend=auto")
     if cfg.parallel.name == "dp":
         _require(len(cfg.parallel.devices) != 1, "parallel.devices lists one device; dp needs >= 2 (or [] for auto)")

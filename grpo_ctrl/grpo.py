@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
+
+
+class Advantage(StrEnum):
+    """How a group's centred rewards are scaled (`advantages`)."""
+
+    group = "group"
+    batch = "batch"
+    none = "none"
 
 
 def advantages(rewards: torch.Tensor, mode: str = "group", eps: float = 1e-6,

@@ -3,10 +3,47 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 import torch
+from omegaconf import MISSING
 from torch import nn
+
+
+class Backend(StrEnum):
+    auto = "auto"  # gloo for CPU tensors, plus nccl for CUDA tensors on GPU
+    gloo = "gloo"
+    nccl = "nccl"
+
+
+@dataclass
+class ParallelConfig:
+    name: str = MISSING  # the option (`parallel=single|dp|ddp`): set by its schema
+
+
+@dataclass
+class SingleConfig(ParallelConfig):
+    """parallel=single: one process."""
+
+    name: str = "single"
+
+
+@dataclass
+class DPConfig(ParallelConfig):
+    """parallel=dp: one process, VLM replicas on several devices; rollouts are scattered across them."""
+
+    name: str = "dp"
+    devices: list[str] = field(default_factory=list)  # replica devices, e.g. [cuda:0, cuda:1]; []: every CUDA device
+
+
+@dataclass
+class DDPConfig(ParallelConfig):
+    """parallel=ddp: one process per device; under torchrun or SLURM the ranks come from the environment."""
+
+    name: str = "ddp"
+    nproc: int = 2  # worker processes to start when not under torchrun / SLURM
+    backend: Backend = Backend.auto
 
 
 @dataclass

@@ -3,10 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+from omegaconf import MISSING
 
 RewardFn = Callable[..., np.ndarray]
+
+
+@dataclass
+class RewardConfig:
+    """What both rewards have (`reward=<option>`)."""
+
+    name: str = MISSING  # the option: set by its schema
+    gold_prob_weight: float = 0.0  # accuracy term = (1 - w) * answer score + w * p(gold answer) (`accuracy_signal`)
+
+
+@dataclass
+class DefaultRewardConfig(RewardConfig):
+    """reward=default (`default_reward`)."""
+
+    name: str = "default"
+    gold_prob_weight: float = 0.3  # dense: ranks settings that answer alike by how sure they are
+    violation_penalty: float = 2.0  # - violation_penalty * max(0, L - B) / B
+    latency_cost: float = 0.0  # - latency_cost * L / B
+    violation_cost: float = 0.0  # - violation_cost * [L > B] (a per-request SLO)
+    spend_bonus: float = 0.05  # + spend_bonus * min(L, B) / B (time under the budget is free; 0: off)
+
+
+@dataclass
+class SeedRewardConfig(RewardConfig):
+    """reward=seed (`seed_reward`, the formula of the design note this project started from)."""
+
+    name: str = "seed"
+    alpha: float = 1.0
+    beta: float = 0.5
+    gamma: float = 10.0
+    delta: float = 0.1
+    epsilon: float = 0.05
 
 
 def accuracy_signal(score, gold_prob, gold_prob_weight: float = 0.0) -> np.ndarray:

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, HydraException
 
+from grpo_ctrl.cli import describe
 from grpo_ctrl.config import ConfigError, register_configs, validate
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -19,6 +20,7 @@ GROUP_OPTIONS = {
     "latency": ["estimator", "measured", "hooked"],
     "parallel": ["single", "dp", "ddp"],
     "logger": ["wandb", "none"],
+    "rollout": ["default"],
 }
 
 
@@ -50,15 +52,12 @@ def test_every_group_option_composes_and_validates(group, option):
     ("budgets.val=[0.5,-1]", "budgets.val"),
     ("model.knobs.top_ks=[0,2]", "model.knobs.top_ks"),
     ("lr=0", "lr=0"),
-    ("grpo.advantage=rank", "grpo.advantage='rank'"),
-    ("latency.val=wallclock", "latency.val='wallclock'"),
     ("latency.threads=0", "latency.threads=0"),
-    ("latency.statistic=mean", "latency.statistic='mean'"),
     ("reward.gold_prob_weight=1.5", "reward.gold_prob_weight=1.5"),
-    ("logger.mode=cloud", "logger.mode='cloud'"),
     ("rollout.workers=0", "rollout.workers=0"),
     ("rollout.batch_size=0", "rollout.batch_size=0"),
-    ("data.metric=bleu", "data.metric='bleu'"),
+    ("latency.train=hooked", "latency.train=hooked"),
+    ("parallel.name=ddp", "parallel.name=ddp: the parallel option sets it"),
     ("data.val_size=0", "data.val_size=0"),
     ("data.train_size=null", "data.train_size=null with data=grid_vqa"),
     ("data=hf_vqa", "data=hf_vqa needs data.path=DIR"),
@@ -86,3 +85,46 @@ def test_prompts_must_divide_across_ranks():
 def test_unknown_keys_and_wrong_types_fail_at_composition(override):
     with pytest.raises(ConfigCompositionException):
         _compose([override])
+
+
+@pytest.mark.parametrize("override,allowed", [
+    ("grpo.advantage=rank", "[group, batch, none]"),
+    ("latency.val=wallclock", "[estimator, measured, hooked]"),
+    ("latency.statistic=mean", "[median, min]"),
+    ("logger.mode=cloud", "[online, offline, disabled]"),
+    ("data.metric=bleu", "[vqa, exact_match, anls]"),
+    ("budgets.unit=s", "[fraction, ms]"),
+    ("model.dtype=int8", "[float32, float16, bfloat16]"),
+    ("parallel=ddp parallel.backend=mpi", "[auto, gloo, nccl]"),
+    ("data=hf_vqa data.format=xml", "[auto, disk, parquet, json, csv, imagefolder]"),
+])
+def test_closed_values_are_enums_refused_at_composition_in_one_line(override, allowed):
+    with pytest.raises(HydraException) as err:
+        _compose(override.split())
+    line = describe(err.value, Path(CONF), "config")
+    assert "Invalid value" in line and allowed in line and "\n" not in line
+
+
+@pytest.mark.parametrize("override,option", [
+    ("data.path=/x", "data=hf_vqa"), ("reward.alpha=2", "reward=seed"), ("parallel.devices=[cpu,cpu]", "parallel=dp"),
+    ("data=hf_vqa data.grid=4", "data=grid_vqa"), ("parallel=dp parallel.nproc=2", "parallel=ddp"),
+])
+def test_each_option_has_its_own_keys_and_a_key_of_another_names_it(override, option):
+    with pytest.raises(HydraException) as err:
+        _compose(override.split())
+    assert f"is a key of {option}" in describe(err.value, Path(CONF), "config")
+
+
+def test_every_default_has_one_source():
+    """Option files state only what their option changes: no key of a yaml file repeats its schema's default."""
+    from omegaconf import OmegaConf
+
+    from grpo_ctrl.config import GROUP_SCHEMAS
+
+    for group, options in GROUP_SCHEMAS.items():
+        for option, schema in options.items():
+            text = OmegaConf.load(Path(CONF) / group / f"{option}.yaml")
+            defaults = OmegaConf.structured(schema)
+            for key, value in text.items():
+                if key != "defaults":
+                    assert value != defaults.get(key), f"conf/{group}/{option}.yaml repeats {key}: {value}"

@@ -220,14 +220,14 @@ def test_loading_touches_no_network(tmp_path, monkeypatch):
 
 
 def test_from_config(toy):
-    from grpo_ctrl.config import DataConfig, FieldsConfig
+    from grpo_ctrl.data.hf import FieldsConfig, HFVQAConfig
 
     assert DEFAULT_FIELDS == dataclasses.asdict(FieldsConfig())
-    node = OmegaConf.structured(DataConfig(name="hf_vqa", path=str(toy("disk")), seed=3))
+    node = OmegaConf.structured(HFVQAConfig(path=str(toy("disk")), seed=3))
     node.fields.qtype = "qtype"
     source = HFVQA.from_config(node)
     assert source.seed == 3 and source.fields["qtype"] == "qtype" and source.split("test")[0].qtype
-    plain = HFVQA.from_config(DataConfig(path=str(toy("jsonl"))))
+    plain = HFVQA.from_config(HFVQAConfig(path=str(toy("jsonl"))))
     assert plain.format == "json" and len(plain.split("train")) == 12
 
 

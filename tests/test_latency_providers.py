@@ -5,8 +5,9 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from grpo_ctrl.config import DataConfig, LatencyConfig
+from grpo_ctrl.config import LatencyConfig
 from grpo_ctrl.data import GridVQA
+from grpo_ctrl.data.synthetic import GridVQAConfig
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency import (
     EstimatorError,
@@ -76,7 +77,7 @@ def test_an_estimator_fitted_on_another_model_is_refused(tiny_vlm, tmp_path):
 
 
 def test_base_experiment_builds_data_and_writes_results(tmp_path):
-    cfg = OmegaConf.create({"data": OmegaConf.structured(DataConfig())})
+    cfg = OmegaConf.create({"data": OmegaConf.structured(GridVQAConfig())})
     exp = BaseExperiment(cfg, output_dir=tmp_path / "out")
     assert len(exp.data.split("test", 2)) == 2
     path = exp.save_results("report", {"a": 1, "path": tmp_path})

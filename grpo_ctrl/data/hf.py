@@ -14,6 +14,8 @@ import io
 import json
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from glob import glob
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,16 +23,55 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import PIL.Image
 
-from grpo_ctrl.data.source import SPLITS, DataError, Split, VQASample, check_split_name
+from grpo_ctrl.data.source import SPLITS, DataError, DataSourceConfig, Metric, Split, VQASample, check_split_name
 
 if TYPE_CHECKING:
     import datasets
 
-FORMATS = ("auto", "disk", "parquet", "json", "csv", "imagefolder")
+class DataFormat(StrEnum):
+    auto = "auto"
+    disk = "disk"
+    parquet = "parquet"
+    json = "json"
+    csv = "csv"
+    imagefolder = "imagefolder"
+
+
+FORMATS = tuple(f.value for f in DataFormat)
 EXTENSIONS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 DEFAULT_SPLITS = {"train": "train", "val": "validation", "test": "test"}
-# The defaults of config.FieldsConfig (not imported: config imports the data package).
-DEFAULT_FIELDS = {"image": "image", "question": "question", "answers": "answers", "answer_key": "answer", "qtype": None}
+
+
+@dataclass
+class FieldsConfig:
+    """hf_vqa: which column holds what."""
+
+    image: str = "image"  # an image feature, image bytes, or a path (relative paths: under data.image_root)
+    question: str = "question"
+    answers: str = "answers"  # one string, a list of strings, or a list of dicts (VQAv2: [{"answer": ...}, ...])
+    answer_key: str = "answer"  # the key of the answer text when `answers` holds dicts
+    qtype: str | None = None  # optional question-type column (per-type reports)
+
+
+DEFAULT_FIELDS = dataclasses.asdict(FieldsConfig())
+
+
+@dataclass
+class HFVQAConfig(DataSourceConfig):
+    """data=hf_vqa: a VQA dataset on disk through Hugging Face `datasets`."""
+
+    name: str = "hf_vqa"
+    metric: Metric = Metric.vqa  # the official VQA accuracy
+    train_size: int | None = None  # null: the whole split; N: N rows drawn with data.seed
+    val_size: int | None = 256
+    test_size: int | None = 1000
+    path: str | None = None  # a `save_to_disk` dir, an imagefolder dir, or the base dir of `data_files`
+    format: DataFormat = DataFormat.auto
+    data_files: dict[str, Any] | None = None  # parquet / json / csv: dataset split name -> file or list of files
+    splits: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SPLITS))  # framework split -> dataset's
+    fields: FieldsConfig = field(default_factory=FieldsConfig)
+    image_root: str | None = None  # base of relative image paths (null: data.path)
+
 PATH_HINT = "set data.path=<a save_to_disk dir, an image folder, or the base dir of data.data_files>"
 
 
@@ -57,7 +98,7 @@ class HFSplit(Split):
 class HFVQA:
     """A local Hugging Face dataset (a `VQASource`). `splits` maps the framework's split names to the dataset's
     (default train -> train, val -> validation, test -> test), `fields` names the columns (keys and defaults as
-    `config.FieldsConfig`); both override the defaults entry by entry. Each split is opened on first use."""
+    `FieldsConfig`); both override the defaults entry by entry. Each split is opened on first use."""
 
     def __init__(self, path: str | os.PathLike | None, format: str = "auto", data_files: Any = None,
                  splits: Mapping[str, str] | None = None, fields: Mapping[str, Any] | None = None,
@@ -90,7 +131,7 @@ class HFVQA:
 
     @classmethod
     def from_config(cls, data_cfg: Any) -> HFVQA:
-        """From the `data` config node (a DictConfig, a `config.DataConfig`, or a plain mapping)."""
+        """From the `data` config node (a DictConfig, an `HFVQAConfig`, or a plain mapping)."""
         cfg = _plain(data_cfg)
         return cls(cfg.get("path"), cfg.get("format", "auto"), cfg.get("data_files"), cfg.get("splits"),
                    cfg.get("fields"), cfg.get("image_root"), cfg.get("seed", 0))
@@ -239,10 +280,10 @@ class HFVQA:
         if ds is None or len(ds) == 0:
             raise DataError(f"{where} is empty; set data.splits.{name}=<a split with rows>")
         columns = list(dict.fromkeys(c for k, c in self.fields.items() if k != "answer_key" and c is not None))
-        for field, column in self.fields.items():
-            if field != "answer_key" and column is not None and column not in ds.column_names:
-                raise DataError(f"data.fields.{field}={column!r} is not a column of {where} "
-                                f"(columns: {ds.column_names}); set data.fields.{field}=<column>")
+        for key, column in self.fields.items():
+            if key != "answer_key" and column is not None and column not in ds.column_names:
+                raise DataError(f"data.fields.{key}={column!r} is not a column of {where} "
+                                f"(columns: {ds.column_names}); set data.fields.{key}=<column>")
         ds = ds.select_columns(columns)
         image = self.fields["image"]
         if isinstance(ds.features[image], datasets.Image) and ds.features[image].decode:
@@ -383,7 +424,7 @@ def _plain(node: Any) -> dict[str, Any]:
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
     if dataclasses.is_dataclass(node):
         return dataclasses.asdict(node)
     return dict(node)

@@ -10,9 +10,32 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from omegaconf import MISSING
+
 SPLITS = ("train", "val", "test")
+
+
+class Metric(StrEnum):
+    """The answer score behind the reward and the reports (`grpo_ctrl.data.metrics`)."""
+
+    vqa = "vqa"
+    exact_match = "exact_match"
+    anls = "anls"
+
+
+@dataclass
+class DataSourceConfig:
+    """What every data source's config has (`data=<option>`; each source's schema adds its own keys)."""
+
+    name: str = MISSING  # the option: set by its schema
+    seed: int = 0  # grid_vqa: the generator; hf_vqa: which subset a size draws
+    metric: Metric = Metric.exact_match
+    train_size: int | None = 2048  # distinct training prompts (hf_vqa: null = the whole split)
+    val_size: int | None = 192  # validation prompts, each evaluated at every validation budget
+    test_size: int | None = 1024  # held-out prompts (evaluation only)
 
 
 class DataError(ValueError):

@@ -29,9 +29,12 @@ they stress:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 
-from grpo_ctrl.data.source import DataError, Split, VQASample, check_split_name
+from grpo_ctrl.data.source import DataError, DataSourceConfig, Split, VQASample, check_split_name
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -56,7 +59,7 @@ CODE_KEYS = 64
 CODES = 32
 PAIR_KEYS = 16  # default: pair questions use keys k0..k15, 256 pairs (data.pair_keys, up to CODE_KEYS)
 RELAY_KEYS = CODE_KEYS  # default: relay questions carry keys k0..k63 (data.relay_keys)
-# The default task shape (DataConfig reads these too): per quadrant, odd cells / odd 2x2 squares / mosaics
+# The default task shape (`GridVQAConfig`'s defaults): per quadrant, odd cells / odd 2x2 squares / mosaics
 # as (min, max), and the hop counts chain questions draw.
 ODD_CELLS = (1, 1)
 ODD_SQUARES = (1, 1)
@@ -64,6 +67,23 @@ CELL_MOSAICS = (1, 1)
 CHAIN_HOPS = (2, 3, 4)
 RELAY_HOPS = (1, 2, 3)
 MAX_CHAIN_HOPS = 6  # the most hops a chain or relay question asks; the number words cover these and the count answers
+
+
+@dataclass
+class GridVQAConfig(DataSourceConfig):
+    """data=grid_vqa: the synthetic grid-VQA generator's settings."""
+
+    name: str = "grid_vqa"
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))  # question-type weights
+    grid: int = GRID  # cells per side (the embedded VLM has one patch per cell)
+    cell_px: int = CELL_PX  # pixels per cell side
+    odd_cells: list[int] = field(default_factory=lambda: list(ODD_CELLS))  # odd cells per quadrant (min, max)
+    odd_squares: list[int] = field(default_factory=lambda: list(ODD_SQUARES))  # odd 2x2 squares per quadrant
+    chain_hops: list[int] = field(default_factory=lambda: list(CHAIN_HOPS))  # hops a chain question draws
+    cell_mosaics: list[int] = field(default_factory=lambda: list(CELL_MOSAICS))  # mosaics per quadrant
+    relay_hops: list[int] = field(default_factory=lambda: list(RELAY_HOPS))  # lookups a relay question draws
+    pair_keys: int = PAIR_KEYS  # keys a pair question draws two of (its table has pair_keys^2 entries)
+    relay_keys: int = RELAY_KEYS  # keys a relay question carries (its table has relay_keys x 6 entries)
 
 
 def vocabulary(grid: int = GRID) -> list[str]:
@@ -169,6 +189,14 @@ class GridVQA:
                           "grid": grid, "cell_px": cell_px, "odd_squares": list(odd_squares),
                           "chain_hops": list(self.chain_hops), "cell_mosaics": list(cell_mosaics),
                           "relay_hops": list(self.relay_hops), "pair_keys": pair_keys, "relay_keys": relay_keys}
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> GridVQA:
+        """From a `data` config node of data=grid_vqa (a `GridVQAConfig` or its DictConfig)."""
+        return cls(seed=cfg.seed, mix=dict(cfg.mix), grid=cfg.grid, cell_px=cfg.cell_px, odd_cells=tuple(cfg.odd_cells),
+                   odd_squares=tuple(cfg.odd_squares), chain_hops=tuple(cfg.chain_hops),
+                   cell_mosaics=tuple(cfg.cell_mosaics), relay_hops=tuple(cfg.relay_hops), pair_keys=cfg.pair_keys,
+                   relay_keys=cfg.relay_keys)
 
     def fingerprint(self) -> dict:
         return dict(self._settings)
