@@ -1,20 +1,27 @@
 """Controller decision time at batch 1 on CPU: stage 1 + stage 2 (target p50 <= 0.2 ms), for the torch module
 (what training uses) and its folded numpy serving form `GreedyPolicy` (what a server calls per request).
 
-    .venv/bin/python benchmarks/controller_overhead.py [--iters 2000]
+    .venv/bin/python benchmarks/controller_overhead.py [iters=2000] [threads=1]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from grpo_ctrl.cli import parse_key_values
 from grpo_ctrl.controller import TwoStageController
 from grpo_ctrl.knobs import KnobSpace
 from grpo_ctrl.policy import GreedyPolicy
+
+
+@dataclass
+class Args:
+    iters: int = 2000  # timed decisions per form (after 200 untimed)
+    threads: int = 1  # torch intra-op threads
 
 
 def timed(stage1, stage2, iters: int, warmup: int = 200) -> dict[str, np.ndarray]:
@@ -33,10 +40,8 @@ def timed(stage1, stage2, iters: int, warmup: int = 200) -> dict[str, np.ndarray
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, default=2000)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    args = parse_key_values(Args, "benchmarks/controller_overhead.py",
+                            "python benchmarks/controller_overhead.py [key=value ...]")
     torch.set_num_threads(args.threads)
     space = KnobSpace({"low": 4, "medium": 2, "high": 1}, (1, 2, 4), (2, 4, 6))
     c = TwoStageController(space, question_dim=256, vision_dim=256).eval()

@@ -3,29 +3,47 @@ process: the time to open it, take split("train") and read the 16 samples of a t
 resident memory. The 10k run should not hold 10x the images (the rows stay memory-mapped, only the 16 sampled
 images are decoded): its RSS ratio to the 1k run should be near 1, well below 10.
 
-Whole runs (--train-steps N, 0: off): `train.py data=hf_vqa data.train_size=null` for N steps on each dataset
-(embedded default model, one thread, one rollout worker, one validation at the end over --val-size samples), each
+Whole runs (train_steps=N, 0: off): `train.py data=hf_vqa data.train_size=null` for N steps on each dataset
+(embedded default model, one thread, one rollout worker, one validation at the end over `val_size` samples), each
 started from a spawner process of its own: its wall time and peak RSS (ru_maxrss of the finished run, plus the
 peak private / mapped-file resident kB sampled from /proc while it runs). Target: the largest dataset's peak RSS
 < 1.20x the smallest's.
 
-    .venv/bin/python benchmarks/data_startup.py [--sizes 1000 10000] [--batch 16] [--train-steps 30] [--val-size 32]
-        [--train-override KEY=VALUE ...]
+    .venv/bin/python benchmarks/data_startup.py [sizes=[1000,10000]] [batch=16] [train_steps=30] [val_size=32]
+        [train_override=[KEY=VALUE,...]]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from grpo_ctrl.cli import parse_key_values  # hydra + omegaconf: this spawner stays small (no torch)
 
 ROOT = Path(__file__).resolve().parent.parent
 MEAN_DECODED_BYTES = 80 * 80 * 3  # toy images are 40..120 px a side, RGB
+PROGRAM = "benchmarks/data_startup.py"
+
+
+@dataclass
+class Args:
+    sizes: list[int] = field(default_factory=lambda: [1000, 10000])  # samples of each toy dataset
+    batch: int = 16  # samples read at start-up (one training step's)
+    train_steps: int = 30  # also time whole train.py runs of this many steps on each dataset (0: off)
+    val_size: int = 32  # validation samples of those runs
+    # extra train.py overrides for those runs, e.g. [rollout.vision_cache_mb=64] (quote one that holds a list:
+    # ["budgets.val=[0.5,1.0]"])
+    train_override: list[str] = field(default_factory=list)
+    # Internal: what this script passes to the processes it spawns (not for the command line).
+    child: str | None = None  # measure the start-up of the dataset at this path
+    train_child: list[str] | None = None  # [dataset path, run dir]: spawn one train.py run, report on it
+    write: list[str] | None = None  # [path, train samples, validation samples]: write a toy dataset
 
 
 def rss_kinds() -> dict[str, int]:
@@ -96,22 +114,17 @@ def _proc_kinds(pid: int) -> dict[str, int]:
 
 
 def run(*args: str) -> str:
+    """This script in a fresh process with `key=value` arguments; its stdout."""
     return subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True).stdout
 
 
+def as_list(values: list) -> str:
+    """A list as a `key=value` value: JSON, which YAML reads back (paths and overrides stay single strings)."""
+    return json.dumps([str(v) for v in values])
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--train-steps", type=int, default=30,
-                    help="also time whole train.py runs of this many steps on each dataset (0: off)")
-    ap.add_argument("--val-size", type=int, default=32, help="validation samples of those runs")
-    ap.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
-                    help="an extra train.py override for those runs (repeatable), e.g. rollout.vision_cache_mb=64")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--train-child", nargs=2, help=argparse.SUPPRESS)
-    ap.add_argument("--write", nargs=3, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = parse_key_values(Args, PROGRAM, f"python {PROGRAM} [key=value ...]")
     if args.child:
         return child(args.child, args.batch)
     if args.train_child:
@@ -130,10 +143,10 @@ def main() -> None:
         for n in args.sizes:
             path = Path(tmp) / f"toy_{n}"
             t0 = time.perf_counter()
-            run("--write", str(path), str(n), str(val_rows))
+            run(f"write={as_list([path, n, val_rows])}")
             written = time.perf_counter() - t0
             data_mb = sum(f.stat().st_size for f in path.rglob("*.arrow")) / 2**20
-            r = results[n] = json.loads(run("--child", str(path), "--batch", str(args.batch)).strip().splitlines()[-1])
+            r = results[n] = json.loads(run(f"child={path}", f"batch={args.batch}").strip().splitlines()[-1])
             growth = (r["rss_peak_kb"] - r["rss_imported_kb"]) / 1024
             print(f"{n:>6} samples: data {data_mb:6.1f} MB on disk ({n * MEAN_DECODED_BYTES / 2**20:6.0f} MB if all "
                   f"decoded), written in {written:5.1f} s | import {r['import_s']:.2f} s | start-up (open + split + "
@@ -152,10 +165,9 @@ def main() -> None:
                   f"steps={args.train_steps} threads=1 rollout.workers=1 {' '.join(args.train_override)}"
                   f"{' ' if args.train_override else ''}(embedded model), each in a fresh process:")
             for n in args.sizes:
-                r = runs[n] = json.loads(run("--train-child", str(Path(tmp) / f"toy_{n}"), str(Path(tmp) / f"run_{n}"),
-                                             "--train-steps", str(args.train_steps), "--val-size",
-                                             str(args.val_size), *(f"--train-override={o}" for o in
-                                                                   args.train_override)).strip().splitlines()[-1])
+                r = runs[n] = json.loads(run(f"train_child={as_list([Path(tmp) / f'toy_{n}', Path(tmp) / f'run_{n}'])}",
+                                             f"train_steps={args.train_steps}", f"val_size={args.val_size}",
+                                             f"train_override={as_list(args.train_override)}").strip().splitlines()[-1])
                 first = f"{r['first_step_s']:.1f} s" if r["first_step_s"] is not None else "n/a"
                 sampled = (f" (sampled peaks: {r['RssAnon_peak_kb'] / 1024:.1f} MB private, "
                            f"{r['RssFile_peak_kb'] / 1024:.1f} MB file-backed)" if "RssAnon_peak_kb" in r else "")

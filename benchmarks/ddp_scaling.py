@@ -4,24 +4,34 @@ Each rank runs the rollout engine (a fresh one per round: no stored outcomes reu
 prompts x random knobs, as `parallel=ddp` does; wall time is from a barrier before to a barrier after. The engine
 computes on one intra-op thread per rank on a CPU (workers=1), so the ranks are the only parallelism.
 
-    .venv/bin/python benchmarks/ddp_scaling.py [--prompts 32] [--group 8] [--rounds 3]
+    .venv/bin/python benchmarks/ddp_scaling.py [model=DIR] [prompts=32] [group=8] [rounds=3]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from grpo_ctrl.cli import parse_key_values
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.parallel import free_port
 from grpo_ctrl.rollout import Prompt, RolloutEngine
 from grpo_ctrl.vlm import load_vlm
+
+
+@dataclass
+class Args:
+    model: str | None = None  # model dir (default: the embedded VLM)
+    prompts: int = 32  # prompts per round, split over the ranks (>= 2)
+    group: int = 8  # random knob settings per prompt
+    rounds: int = 3  # timed rounds, after one warm-up round (>= 1)
 
 
 def worker(rank: int, world: int, port: int, args, threads: int, out) -> None:
@@ -61,14 +71,12 @@ def measure(world: int, threads: int, args) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
+    program = "benchmarks/ddp_scaling.py"
+    args = parse_key_values(Args, program, f"python {program} [key=value ...]")
     if args.prompts < 2 or args.rounds < 1:
-        ap.error("--prompts must be >= 2 (one per rank) and --rounds >= 1")
+        print(f"{program}: prompts={args.prompts} rounds={args.rounds}: prompts must be >= 2 (one per rank) and "
+              "rounds >= 1", file=sys.stderr)
+        sys.exit(2)
     cores = os.cpu_count() or 1
     one = measure(1, cores, args)
     two = measure(2, max(1, cores // 2), args)

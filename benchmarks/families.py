@@ -2,22 +2,22 @@
 (interleaved pairs), hooked phases against an independent logits-processor timer on the same calls, and the
 latency estimator's held-out end-to-end error (`experiments/profile_latency.py` on a small sweep).
 
-    .venv/bin/python benchmarks/families.py [--pairs 100] [--new-tokens 8] [--threads 1] [--width 64] [--no-estimator]
-        [--families llava-qwen3 ...] [--profile-samples 4] [--profile-repeats 2]
+    .venv/bin/python benchmarks/families.py [pairs=100] [new_tokens=8] [threads=1] [width=64] [no_estimator=true]
+        [families=[llava-qwen3,...]] [profile_samples=4] [profile_repeats=2]
 
 Both gaps are near-constant in milliseconds (hook calls and the hooked call's own bookkeeping; generate()'s work
 between the prompt's forward and the first logits-processor call), so they are printed in ms too: the relative
-numbers shrink as the model grows (`--width` scales the text model's hidden size).
+numbers shrink as the model grows (`width` scales the text model's hidden size).
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 from latency_overhead import paired_times  # benchmarks/ is on sys.path when run as a script
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from grpo_ctrl.cli import parse_key_values
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.latency import PhaseTimer
 from grpo_ctrl.latency.experiment import LatencyExperiment
@@ -32,6 +33,18 @@ from grpo_ctrl.vlm import load_vlm
 from grpo_ctrl.vlm.tiny import FAMILIES, TINY_KNOBS, write_family_dir
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Args:
+    pairs: int = 100  # interleaved plain/hooked pairs per family
+    width: int = 64  # text hidden size of the tiny models (multiple of 32)
+    new_tokens: int = 8  # forced output length
+    threads: int = 1  # torch intra-op threads
+    no_estimator: bool = False  # skip the profile + fit per family
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))  # the families to run, of FAMILIES
+    profile_samples: int = 4  # prompts of the latency profile per family
+    profile_repeats: int = 2  # timed repeats per profiled (prompt, setting)
 
 
 class Stamps(LogitsProcessor):
@@ -89,16 +102,12 @@ def estimator_mape(model_dir: Path, family: str, threads: int, samples: int = 4,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=100)
-    ap.add_argument("--width", type=int, default=64, help="text hidden size of the tiny models (multiple of 32)")
-    ap.add_argument("--new-tokens", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-estimator", action="store_true", help="skip the profile + fit per family")
-    ap.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
-    ap.add_argument("--profile-samples", type=int, default=4, help="prompts of the latency profile per family")
-    ap.add_argument("--profile-repeats", type=int, default=2, help="timed repeats per profiled (prompt, setting)")
-    args = ap.parse_args()
+    program = "benchmarks/families.py"
+    args = parse_key_values(Args, program, f"python {program} [key=value ...]")
+    if unknown := [f for f in args.families if f not in FAMILIES]:
+        print(f"{program}: families=[{','.join(args.families)}]: no family named {', '.join(unknown)}; use one of "
+              f"{list(FAMILIES)}", file=sys.stderr)
+        sys.exit(2)
     torch.set_num_threads(args.threads)
     sample = GridVQA().split("test", 1)[0]
     n = args.new_tokens

@@ -36,7 +36,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, keep going on failu
 [[ $DEVICE == cuda* ]] && nvidia-smi -L
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
-step overhead 60 $PY benchmarks/latency_overhead.py --device "$DEVICE" --pairs "$PAIRS"
+step overhead 60 $PY benchmarks/latency_overhead.py device="$DEVICE" pairs="$PAIRS"
 # shellcheck disable=SC2086  # PROFILE is a list of overrides
 step profile 240 $PY experiments/profile_latency.py model.device="$DEVICE" threads=4 write_to_model=false \
     $PROFILE hydra.run.dir="$OUT/profile"

@@ -3,9 +3,12 @@
 on CUDA by default: rollouts/s of both on the same (prompt, knob setting) pairs, their ratio, and the share of
 pairs whose answers differ between the two (the flip rate).
 
-    .venv/bin/python benchmarks/gpu_outcomes.py [--prompts 64] [--batch-size 32] [--settings 3] [--device cuda]
-    .venv/bin/python benchmarks/gpu_outcomes.py --tiny        # a few M parameters, float32, CPU: a smoke test
-    bash benchmarks/gpu_outcomes.sh [options]                  # the same on a GPU machine (see that script)
+    .venv/bin/python benchmarks/gpu_outcomes.py [prompts=64] [batch_size=32] [settings=3] [device=cuda]
+    .venv/bin/python benchmarks/gpu_outcomes.py tiny=true     # a few M parameters, float32, CPU: a smoke test
+    bash benchmarks/gpu_outcomes.sh [key=value ...]            # the same on a GPU machine (see that script)
+
+(`--help` lists every key: new_tokens, gold_prob, dtype, experts_impl, tiers and the model sizes hidden, layers,
+experts, top_k, moe_width, vision_depth, vision_hidden.)
 
 Both engines are fresh (an empty in-memory store each) and compute every pair: `RolloutEngine(batch_size=1)` one
 request at a time, `RolloutEngine(batch_size=B)` each chunk of B consecutive prompts at one setting as one
@@ -16,9 +19,10 @@ timed. The clocks are read after synchronising the device; the timed span covers
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ import torch
 from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
+from grpo_ctrl.cli import parse_key_values
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring
@@ -37,12 +42,39 @@ FULL = dict(hidden=1024, layers=16, experts=32, top_k=4, moe_width=384, vision_d
 TINY = dict(hidden=128, layers=4, experts=8, top_k=2, moe_width=128, vision_depth=2, vision_hidden=64)
 
 
+@dataclass
+class Args:
+    tiny: bool = False  # a tiny model (a few M params), float32 on CPU, 8 prompts, batch 4 (a smoke test)
+    prompts: int | None = None  # prompts per setting (default 64; tiny=true: 8)
+    batch_size: int | None = None  # rows per chunk (default 32; tiny=true: 4)
+    settings: int = 3  # knob settings, spread over the space, the full one included
+    new_tokens: int = 2  # max new tokens per rollout (the config default)
+    # also score p(gold answer): a multi-token gold answer (every answer here: the tokenizer is byte-level without
+    # merges) costs one batch-1 forward per row in both engines
+    gold_prob: bool = False
+    device: str | None = None  # default: cuda if available, else cpu (tiny=true: cpu)
+    dtype: str | None = None  # default: bfloat16 on cuda, float32 on cpu
+    # experts kernel (grouped_mm, eager; never batched_mm on CPU); default: the model's (grouped_mm)
+    experts_impl: str | None = None
+    # pixels per image of the tiers low,medium,high (default: the model's, 64 / 256 / 1024 image tokens;
+    # tiny=true: 16 / 64 / 256), e.g. 16384,65536,262144
+    tiers: str | None = None
+    # model sizes (FULL / TINY above)
+    hidden: int | None = None  # default 1024 (tiny=true: 128)
+    layers: int | None = None  # default 16 (tiny=true: 4)
+    experts: int | None = None  # default 32 (tiny=true: 8)
+    top_k: int | None = None  # default 4 (tiny=true: 2)
+    moe_width: int | None = None  # default 384 (tiny=true: 128)
+    vision_depth: int | None = None  # default 4 (tiny=true: 2)
+    vision_hidden: int | None = None  # default 256 (tiny=true: 64)
+
+
 def moe_vlm_config(hidden: int, layers: int, experts: int, top_k: int, moe_width: int, vision_depth: int,
                    vision_hidden: int) -> Qwen3VLMoeConfig:
     """`grpo_ctrl.vlm.tiny`'s Qwen3-VL-MoE config (its tokenizer's ids, M-RoPE on 32-wide heads, DeepStack on 2
     levels) at other sizes."""
     if hidden % HEAD_DIM or vision_hidden % 32:
-        raise SystemExit(f"--hidden {hidden} and the vision hidden size {vision_hidden} must be multiples of 32")
+        raise SystemExit(f"hidden={hidden} and vision_hidden={vision_hidden} must be multiples of 32")
     heads = hidden // HEAD_DIM
     return Qwen3VLMoeConfig(
         vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=4 * vision_hidden,
@@ -135,33 +167,20 @@ def timed_run(vlm, batch_size: int, prompts: list, knobs: list[Knobs], warm: lis
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiny", action="store_true",
-                    help="a tiny model (a few M params), float32 on CPU, 8 prompts, batch 4 (a smoke test)")
-    ap.add_argument("--prompts", type=int, default=None, help="prompts per setting (default 64; --tiny: 8)")
-    ap.add_argument("--batch-size", type=int, default=None, help="rows per chunk (default 32; --tiny: 4)")
-    ap.add_argument("--settings", type=int, default=3, help="knob settings, spread over the space, the full one "
-                                                            "included")
-    ap.add_argument("--new-tokens", type=int, default=2, help="max new tokens per rollout (the config default)")
-    ap.add_argument("--gold-prob", action="store_true",
-                    help="also score p(gold answer): a multi-token gold answer (every answer here: the tokenizer "
-                         "is byte-level without merges) costs one batch-1 forward per row in both engines")
-    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu (--tiny: cpu)")
-    ap.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
-    ap.add_argument("--experts-impl", default=None, help="experts kernel (grouped_mm, eager; never batched_mm on "
-                                                    "CPU); default: the model's (grouped_mm)")
-    ap.add_argument("--tiers", default=None, help="pixels per image of the tiers low,medium,high (default: the "
-                    "model's, 64 / 256 / 1024 image tokens; --tiny: 16 / 64 / 256), e.g. 16384,65536,262144")
-    for key, value in FULL.items():
-        ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"default {value} "
-                                                                                   f"(--tiny: {TINY[key]})")
-    args = ap.parse_args()
+    program = "benchmarks/gpu_outcomes.py"
+    args = parse_key_values(Args, program, f"python {program} [key=value ...]")
 
     sizes = {k: getattr(args, k) or (TINY if args.tiny else FULL)[k] for k in FULL}
     device = torch.device(args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     if args.experts_impl == "batched_mm" and device.type == "cpu":
-        raise SystemExit("--experts-impl batched_mm gathers a weight copy per token: never on a CPU")
+        print(f"{program}: experts_impl=batched_mm gathers a weight copy per token: never on a CPU; use one of "
+              "['grouped_mm', 'eager'] there", file=sys.stderr)
+        sys.exit(2)
+    if sizes["hidden"] % HEAD_DIM or sizes["vision_hidden"] % 32:
+        print(f"{program}: hidden={sizes['hidden']} and vision_hidden={sizes['vision_hidden']} must be multiples of "
+              "32", file=sys.stderr)
+        sys.exit(2)
     n = args.prompts or (8 if args.tiny else 64)
     batch = min(args.batch_size or (4 if args.tiny else 32), n)
     scoring = Scoring(gold_prob=args.gold_prob)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Batch-1 vs chunked rollouts on a random-weight Qwen3-VL-MoE of 0.65 B parameters (benchmarks/gpu_outcomes.py),
-# bf16 on CUDA when there is a GPU; arguments go to gpu_outcomes.py. Run from anywhere; a few minutes on one GPU.
+# bf16 on CUDA when there is a GPU; key=value arguments go to gpu_outcomes.py. Run from anywhere; a few minutes on one GPU.
 #   bash benchmarks/gpu_outcomes.sh                 # GPU machine, defaults (64 prompts x 3 settings, batch 32)
-#   bash benchmarks/gpu_outcomes.sh --tiny          # CPU smoke test (< 30 s)
+#   bash benchmarks/gpu_outcomes.sh tiny=true       # CPU smoke test (< 30 s)
 # Python: .venv if present; else a python3 whose torch sees CUDA (a lent GPU machine reaches no registry: missing
 # packages, e.g. rapidfuzz or a newer transformers, travel as wheels in .whl/, installed here with --no-index);
 # else a new .venv (--system-site-packages, so a system torch is used; torch==2.13.0 otherwise) with the project.

@@ -1,31 +1,36 @@
 """Median end-to-end generate() latency (batch 1) and accuracy on a fixed sample, for every knob setting
-(accuracy from the rollout engine, in chunks of --batch-size, as training and evaluation score it).
+(accuracy from the rollout engine, in chunks of `batch_size`, as training and evaluation score it).
 
-    .venv/bin/python benchmarks/knob_latency.py [--model DIR] [--requests 8] [--repeats 5] [--samples 256]
+    .venv/bin/python benchmarks/knob_latency.py [model=DIR] [requests=8] [repeats=5] [samples=256]
+        [batch_size=16] [threads=2]
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from grpo_ctrl.cli import parse_key_values
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.latency.measured import median_generate_ms
 from grpo_ctrl.rollout import PromptPool, RolloutEngine, Scoring
 from grpo_ctrl.vlm import load_vlm
 
 
+@dataclass
+class Args:
+    model: str | None = None  # model dir (default: the embedded VLM)
+    requests: int = 8  # test requests timed per setting
+    repeats: int = 5  # timed repeats per request
+    samples: int = 256  # test samples for accuracy
+    batch_size: int = 16  # rows per chunk when scoring
+    threads: int = 2  # intra-op threads while timing
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model dir (default: the embedded VLM)")
-    ap.add_argument("--requests", type=int, default=8, help="test requests timed per setting")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--samples", type=int, default=256, help="test samples for accuracy")
-    ap.add_argument("--batch-size", type=int, default=16, help="rows per chunk when scoring")
-    ap.add_argument("--threads", type=int, default=2, help="intra-op threads while timing")
-    args = ap.parse_args()
+    args = parse_key_values(Args, "benchmarks/knob_latency.py", "python benchmarks/knob_latency.py [key=value ...]")
     torch.set_num_threads(args.threads)
     vlm = load_vlm(args.model)
     data = GridVQA()

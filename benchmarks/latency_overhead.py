@@ -3,20 +3,36 @@
 latency each reports (the same interval: the generate() call, with and without the hooks in it), and the wall
 time of the whole hooked call (which also attaches the hooks and counts tokens, outside its clock).
 
-    .venv/bin/python benchmarks/latency_overhead.py [--model DIR] [--pairs 30] [--new-tokens 8] [--threads 2]
+    .venv/bin/python benchmarks/latency_overhead.py [model=DIR] [pairs=30] [warmup=3] [new_tokens=8]
+        [knobs=full|cheapest] [device=cpu] [threads=2]
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from grpo_ctrl.cli import parse_key_values
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.latency.clock import now
 from grpo_ctrl.latency.experiment import LatencyExperiment
 from grpo_ctrl.vlm import load_vlm
+
+KNOBS = ("full", "cheapest")
+
+
+@dataclass
+class Args:
+    model: str | None = None  # model dir (default: the embedded VLM)
+    pairs: int = 30  # interleaved plain/hooked pairs (>= 20)
+    warmup: int = 3  # untimed pairs first
+    new_tokens: int = 8  # forced output length (min = max new tokens)
+    knobs: str = "full"  # the knob setting: full or cheapest
+    device: str = "cpu"  # where the model runs (cpu, cuda, cuda:1, ...)
+    threads: int = 2  # torch intra-op threads
 
 
 def paired_times(exp: LatencyExperiment, inputs: dict, knobs, n: int, pairs: int,
@@ -54,17 +70,14 @@ def paired_times(exp: LatencyExperiment, inputs: dict, knobs, n: int, pairs: int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model dir (default: the embedded VLM)")
-    ap.add_argument("--pairs", type=int, default=30, help="interleaved plain/hooked pairs (>= 20)")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--new-tokens", type=int, default=8, help="forced output length (min = max new tokens)")
-    ap.add_argument("--knobs", default="full", choices=["full", "cheapest"])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    program = "benchmarks/latency_overhead.py"
+    args = parse_key_values(Args, program, f"python {program} [key=value ...]")
+    if args.knobs not in KNOBS:
+        print(f"{program}: knobs={args.knobs} is not a setting here; use one of {list(KNOBS)}", file=sys.stderr)
+        sys.exit(2)
     if args.pairs < 20:
-        ap.error("--pairs must be >= 20")
+        print(f"{program}: pairs={args.pairs} must be >= 20", file=sys.stderr)
+        sys.exit(2)
     torch.set_num_threads(args.threads)
     vlm = load_vlm(args.model)
     vlm.model.to(args.device)

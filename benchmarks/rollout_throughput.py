@@ -1,20 +1,31 @@
-"""Rollouts/s of building the outcome store (every knob setting over a pool of prompts, chunked by `--batch-size`,
+"""Rollouts/s of building the outcome store (every knob setting over a pool of prompts, chunked by `batch_size`,
 N worker processes) against the batch-1 engine with the same workers, on the same (prompt, setting) pairs; prints
 the ratio and the share of pairs whose score differs between the two (the flip rate).
 
-    .venv/bin/python benchmarks/rollout_throughput.py [--prompts 64] [--settings 27] [--batch-size 16] [--workers 2]
+    .venv/bin/python benchmarks/rollout_throughput.py [model=DIR] [prompts=64] [settings=27] [batch_size=16]
+        [workers=2]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 
 import torch
 
+from grpo_ctrl.cli import parse_key_values
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.rollout import Prompt, PromptPool, RolloutEngine
 from grpo_ctrl.vlm import load_vlm
+
+
+@dataclass
+class Args:
+    model: str | None = None  # model dir (default: the embedded VLM)
+    prompts: int = 64  # test prompts of the pool
+    settings: int = 27  # the first N settings of the knob space
+    batch_size: int = 16  # rows per chunk of the chunked build
+    workers: int = 2  # rollout worker processes
 
 
 def build(vlm, prompts, settings, batch_size: int, workers: int) -> tuple[float, list]:
@@ -32,13 +43,8 @@ def build(vlm, prompts, settings, batch_size: int, workers: int) -> tuple[float,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--prompts", type=int, default=64)
-    ap.add_argument("--settings", type=int, default=27, help="the first N settings of the knob space")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
+    args = parse_key_values(Args, "benchmarks/rollout_throughput.py",
+                            "python benchmarks/rollout_throughput.py [key=value ...]")
     torch.set_num_threads(1)
     vlm = load_vlm(args.model)
     settings = vlm.knob_space.all()[: args.settings]

@@ -1,19 +1,20 @@
 """The controller's share of a served request at batch 1 on the embedded default: `Server.generate` on test
 requests at budgets from the cheapest setting to the full model; prints decision time, end-to-end latency and
 their ratio (the decision's time does not depend on the controller's weights, so a fresh one is used unless
---run-dir names a trained run).
+`run_dir` names a trained run).
 
-    .venv/bin/python benchmarks/serve_overhead.py [--run-dir DIR] [--requests 64] [--threads 2]
+    .venv/bin/python benchmarks/serve_overhead.py [run_dir=DIR] [requests=64] [threads=2]
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from grpo_ctrl.budget import BudgetScale
+from grpo_ctrl.cli import parse_key_values
 from grpo_ctrl.controller import TwoStageController
 from grpo_ctrl.data import GridVQA
 from grpo_ctrl.policy import GreedyPolicy
@@ -21,12 +22,15 @@ from grpo_ctrl.serve import Server
 from grpo_ctrl.vlm import load_vlm
 
 
+@dataclass
+class Args:
+    run_dir: str | None = None  # a trained run's dir (default: a fresh controller on the embedded VLM)
+    requests: int = 64  # test requests per budget
+    threads: int = 2  # torch intra-op threads
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", default=None)
-    ap.add_argument("--requests", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = parse_key_values(Args, "benchmarks/serve_overhead.py", "python benchmarks/serve_overhead.py [key=value ...]")
     torch.set_num_threads(args.threads)
     if args.run_dir:
         server = Server.from_run_dir(args.run_dir)

@@ -1,6 +1,9 @@
-"""One-line errors for command lines Hydra cannot compose: an unknown key, a value of the wrong type, an unknown
-group option. Hydra's own report spans several lines; the entry points compose the command line once first and
-print one line (what, where, how to fix) with exit status 2, before anything loads."""
+"""Command lines: one `key=value` grammar with one-line errors for every entry point.
+
+train.py and the scripts in experiments/ are Hydra apps: `check_command_line` composes their command line once
+first and turns what Hydra cannot compose (an unknown key, a value of the wrong type, an unknown group option)
+into one line (what, where, how to fix) with exit status 2, before anything loads. Serving and the benchmarks
+take the same `key=value` arguments into a typed dataclass (`parse_key_values`), with the same one-line errors."""
 
 from __future__ import annotations
 
@@ -9,11 +12,15 @@ import difflib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import StringNode
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 _OWN_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
@@ -113,3 +120,57 @@ def check_minimums(cfg: DictConfig, minimums: dict[str, int | float], script: st
             if value is None or value < low:
                 print(f"config error: {script}: {key}={values} must be >= {low}", file=sys.stderr)
                 sys.exit(2)
+
+
+T = TypeVar("T")
+
+
+class CommandLineError(ValueError):
+    """A `key=value` argument that does not fit the schema (one line)."""
+
+
+def key_values(schema: type[T], args: Sequence[str]) -> T:
+    """`key=value` arguments (dotted keys reach nested fields) as an instance of the dataclass `schema`. A text
+    field takes its value verbatim (`question=is it #7: yes?` stays that string; `null` unsets an optional one);
+    other values are read as YAML (`sizes=[1000,10000]`, `tiny=true`) and checked against the field's type."""
+    cfg = OmegaConf.structured(schema)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise CommandLineError(f"{arg!r} is not key=value")
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        node = parent._get_node(leaf) if isinstance(parent, DictConfig) and leaf in parent.keys() else None
+        if node is None:
+            names = [f.name for f in dataclasses.fields(schema)]
+            close = difflib.get_close_matches(key, names, n=1)
+            raise CommandLineError(f"{key} is not a key" + (f" (did you mean {close[0]}?)" if close else "")
+                                   + f"; keys: {', '.join(names)}")
+        try:
+            verbatim = isinstance(node, StringNode) and not (node._is_optional() and value == "null")
+            text = value.replace("${", "\\${")  # literal text, not an OmegaConf interpolation
+            OmegaConf.update(cfg, key, text if verbatim else yaml.safe_load(value), merge=False)
+        except (OmegaConfBaseException, yaml.YAMLError) as err:
+            raise CommandLineError(f"{arg}: {str(err).splitlines()[0]}") from None
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        missing = [f.name for f in dataclasses.fields(schema) if OmegaConf.is_missing(cfg, f.name)]
+        raise CommandLineError(f"{', '.join(f'{k}=...' for k in missing)} missing" if missing
+                               else str(err).splitlines()[0]) from None
+
+
+def parse_key_values(schema: type[T], program: str, usage: str, args: Sequence[str] | None = None) -> T:
+    """`key_values` of this process's arguments; on a bad one print `<program>: <what>; usage: <usage>` and exit 2.
+    `--help` prints the usage and the keys with their defaults."""
+    args = list(sys.argv[1:] if args is None else args)
+    if any(a in ("-h", "--help") for a in args):
+        defaults = OmegaConf.to_yaml(OmegaConf.structured(schema)).strip()
+        keys = "\n".join(f"  {line}" for line in defaults.splitlines())
+        print(f"usage: {usage}\nkeys (key=value; defaults):\n{keys}")
+        sys.exit(0)
+    try:
+        return key_values(schema, args)
+    except CommandLineError as err:
+        print(f"{program}: {err}; usage: {usage}", file=sys.stderr)
+        sys.exit(2)

@@ -24,6 +24,7 @@ from omegaconf import MISSING, OmegaConf
 from PIL import Image
 
 from grpo_ctrl.budget import BudgetError, BudgetScale, warn_unreachable
+from grpo_ctrl.cli import parse_key_values
 from grpo_ctrl.controller_file import ControllerFileError, read_controller
 from grpo_ctrl.data import extract_answer
 from grpo_ctrl.knobs import Knobs
@@ -122,17 +123,20 @@ class ServeConfig:
     question: str = MISSING
     budget_ms: float | None = None
     budget_fraction: float | None = None
-    device: str | None = None
+    device: str | None = None  # null: the run's model.device
+    threads: int = 1  # torch intra-op threads (1: steadier latency on a busy small machine)
+
+
+USAGE = ("python -m grpo_ctrl.serve run_dir=DIR image=FILE question=TEXT budget_ms=MS (or budget_fraction=F) "
+         "[device=cuda] [threads=1]")
 
 
 def main(argv: list[str]) -> int:
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(ServeConfig), OmegaConf.from_dotlist(argv))
-        OmegaConf.to_container(cfg, throw_on_missing=True)
-    except Exception as err:  # noqa: BLE001 - OmegaConf's messages span lines: keep the first
-        print(f"serve: {str(err).splitlines()[0]}; usage: python -m grpo_ctrl.serve run_dir=DIR image=FILE "
-              "question=TEXT budget_ms=MS (or budget_fraction=F)", file=sys.stderr)
+    cfg = parse_key_values(ServeConfig, "serve", USAGE, argv)  # the question is taken verbatim
+    if cfg.threads < 1:
+        print(f"serve: threads={cfg.threads} must be >= 1; usage: {USAGE}", file=sys.stderr)
         return 2
+    torch.set_num_threads(cfg.threads)
     try:
         image = _open_image(cfg.image)
         try:  # the budget's form is checked before the model loads

@@ -13,20 +13,20 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = sorted(p.name for pattern in ("*.py", "*.sh") for p in BENCHMARKS.glob(pattern))
 
-# Tiny arguments per script: seconds each on 2 CPU cores, one intra-op thread where a script takes --threads.
+# Tiny key=value arguments per script: seconds each on 2 CPU cores, one intra-op thread where a script takes threads.
 TINY = {
-    "controller_overhead.py": ["--iters", "20", "--threads", "1"],
-    "data_startup.py": ["--sizes", "16", "32", "--batch", "4", "--train-steps", "1", "--val-size", "4"],
-    "ddp_scaling.py": ["--prompts", "2", "--group", "1", "--rounds", "1"],
-    "families.py": ["--pairs", "2", "--new-tokens", "2", "--threads", "1", "--families", "qwen3_vl_moe",
-                    "--profile-samples", "2", "--profile-repeats", "1"],
+    "controller_overhead.py": ["iters=20", "threads=1"],
+    "data_startup.py": ["sizes=[16,32]", "batch=4", "train_steps=1", "val_size=4"],
+    "ddp_scaling.py": ["prompts=2", "group=1", "rounds=1"],
+    "families.py": ["pairs=2", "new_tokens=2", "threads=1", "families=[qwen3_vl_moe]", "profile_samples=2",
+                    "profile_repeats=1"],
     "gpu_check.sh": [],  # skips without CUDA; QUICK=1 (below) keeps it short on a GPU
-    "gpu_outcomes.py": ["--tiny"],
-    "gpu_outcomes.sh": ["--tiny"],
-    "knob_latency.py": ["--requests", "1", "--repeats", "1", "--samples", "1", "--threads", "1"],
-    "latency_overhead.py": ["--pairs", "20", "--warmup", "0", "--new-tokens", "2", "--threads", "1"],
-    "rollout_throughput.py": ["--prompts", "4", "--settings", "2", "--workers", "2", "--batch-size", "4"],
-    "serve_overhead.py": ["--requests", "2", "--threads", "1"],
+    "gpu_outcomes.py": ["tiny=true"],
+    "gpu_outcomes.sh": ["tiny=true"],
+    "knob_latency.py": ["requests=1", "repeats=1", "samples=1", "threads=1"],
+    "latency_overhead.py": ["pairs=20", "warmup=0", "new_tokens=2", "threads=1"],
+    "rollout_throughput.py": ["prompts=4", "settings=2", "workers=2", "batch_size=4"],
+    "serve_overhead.py": ["requests=2", "threads=1"],
 }
 
 

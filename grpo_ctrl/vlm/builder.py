@@ -13,7 +13,7 @@ from grpo_ctrl.vlm.llava import LlavaAdapter
 from grpo_ctrl.vlm.tokenizer import IMAGE, build_processor
 
 
-@dataclass(frozen=True)
+@dataclass
 class EmbeddedVLMSize:
     image_size: int = 64
     patch_size: int = 8
@@ -27,9 +27,9 @@ class EmbeddedVLMSize:
     kv_heads: int = 2
 
 
-def build_embedded_vlm(vocab_size: int, image_token_id: int, size: EmbeddedVLMSize = EmbeddedVLMSize(),
+def build_embedded_vlm(vocab_size: int, image_token_id: int, size: EmbeddedVLMSize | None = None,
                        pad_id: int = 0, bos_id: int = 1, eos_id: int = 2) -> LlavaForConditionalGeneration:
-    s = size
+    s = size or EmbeddedVLMSize()
     grid = s.image_size // s.patch_size
     vision = SiglipVisionConfig(hidden_size=s.vision_hidden, intermediate_size=4 * s.vision_hidden,
                                 num_hidden_layers=s.vision_layers, num_attention_heads=max(1, s.vision_hidden // 64),
