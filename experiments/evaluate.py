@@ -89,8 +89,6 @@ def estimator_drift(run_cfg, vlm, grid: KnobGrid, test: Profile, tolerance: floa
 
 
 def check(cfg: DictConfig) -> None:
-    if cfg.latency_source not in ("measured", "hooked", "estimator"):
-        raise ServeError(f"latency_source={cfg.latency_source!r} is unknown; use measured, hooked or estimator")
     sizes = {k: 1 for k in ("test_size", "val_size", "workers") if cfg[k] is not None}
     budgets = {"budgets": 0.01} if OmegaConf.is_list(cfg.budgets) else {"budgets": 2}
     check_minimums(cfg, {**budgets, "repeats": 1, "warmup": 0, "threads": 1, "latency_threads": 1,
