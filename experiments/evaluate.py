@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.app import make_engine
 from grpo_ctrl.baselines import Profile, budget_points, evaluate_budgets
+from grpo_ctrl.budget import MAX_VIOLATION
 from grpo_ctrl.build import build_data, inspect_model, open_store
 from grpo_ctrl.cli import check_command_line, check_minimums
 from grpo_ctrl.config import RolloutConfig
@@ -90,6 +91,9 @@ def estimator_drift(run_cfg, vlm, grid: KnobGrid, test: Profile, tolerance: floa
 
 def check(cfg: DictConfig) -> None:
     sizes = {k: 1 for k in ("test_size", "val_size", "workers") if cfg[k] is not None}
+    if cfg.max_violation is not None and not 0 < cfg.max_violation < 1:
+        raise ServeError(f"max_violation={cfg.max_violation} must be in (0, 1): the share of requests a policy may "
+                         "run over its budget")
     budgets = {"budgets": 0.01} if OmegaConf.is_list(cfg.budgets) else {"budgets": 2}
     check_minimums(cfg, {**budgets, "repeats": 1, "warmup": 0, "threads": 1, "latency_threads": 1,
                          "estimator_tolerance": 0, "fidelity_prompts": 0, **sizes},
@@ -152,11 +156,12 @@ def main(cfg: DictConfig) -> None:
     budgets = budget_points(asked, low, float(test.mean_latency_ms.max()), reference)
     choices = controller_choices(server, engine, pools["test"], settings, budgets, reference)
     engine.close()
-    result = evaluate_budgets(test, profiles["val"], budgets, choices, full=space.full, seed=cfg.seed)
+    alpha = cfg.max_violation if cfg.max_violation is not None else run_cfg.budgets.get("max_violation", MAX_VIOLATION)
+    result = evaluate_budgets(test, profiles["val"], budgets, choices, full=space.full, seed=cfg.seed, alpha=alpha)
     if cfg.latency_source != "estimator":
         result["estimator_drift"] = estimator_drift(run_cfg, vlm, grid, test, cfg.estimator_tolerance)
     result.update(run_dir=str(cfg.run_dir), latency_source=cfg.latency_source, reference_ms=reference,
-                  fidelity=fidelity, outcomes={"computed": store.computed, "read": store.read},
+                  max_violation=alpha, fidelity=fidelity, outcomes={"computed": store.computed, "read": store.read},
                   test_prompts=len(pools["test"]), val_prompts=len(pools["val"]),
                   wall_s=time.perf_counter() - started)
     paths = write_outputs(result, Path(HydraConfig.get().runtime.output_dir))

@@ -3,9 +3,10 @@ table), oracles and random knobs, on a `Profile`.
 
 Pure numpy on a `Profile` (every static knob setting run on the same requests, `grpo_ctrl.knob_grid`). A policy is
 one setting index per request, so every policy (controller, static table, oracle) is scored by indexing the same
-profile, and any two are compared request by request. One tie rule (`best_static`: the faster on average) and one
-statistic (`paired_vs`: a bootstrap interval of the per-request difference) for every report: validation,
-`experiments/evaluate.py`, `experiments/evaluate_knobs.py` and the sweep report.
+profile, and any two are compared request by request. One rule for meeting a budget (`budget.meets_budget`: at most
+alpha of the requests over it), one tie rule (`best_static`: the faster on average) and one statistic (`paired_vs`:
+a bootstrap interval of the per-request difference) for every report: validation, `experiments/evaluate.py`,
+`experiments/evaluate_knobs.py` and the sweep report.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from grpo_ctrl.budget import MAX_VIOLATION, meets_budget, overshoot
 from grpo_ctrl.knobs import Knobs
 
 POLICIES = ("controller", "lut", "oracle_static", "per_request_oracle", "random", "full")
@@ -79,10 +81,11 @@ def budget_points(budgets: int | Sequence[float], cheapest_ms: float, most_ms: f
     return [float(f) * reference_ms for f in budgets]
 
 
-def best_static(profile: Profile, budget_ms: float) -> int | None:
-    """The most accurate setting whose mean latency fits `budget_ms` (ties: the faster on average), or None when
-    none fits. Chosen on val it is the static lookup table a deployment would ship; on test, the static oracle."""
-    fits = profile.mean_latency_ms <= budget_ms
+def best_static(profile: Profile, budget_ms: float, alpha: float = MAX_VIOLATION) -> int | None:
+    """The most accurate setting that meets the budget (at most `alpha` of its requests over it; ties: the faster on
+    average), or None when none does. Chosen on val it is the static lookup table a deployment would ship; on
+    test, the static oracle."""
+    fits = meets_budget(profile.latency_ms, budget_ms, alpha)
     if not fits.any():
         return None
     accuracy = np.where(fits, profile.accuracy, -np.inf)
@@ -100,16 +103,16 @@ def per_request_oracle(profile: Profile, budget_ms: float) -> np.ndarray:
     return np.where(fits.any(axis=0), pick, profile.latency_ms.argmin(axis=0))
 
 
-def crossfit_accuracy(profile: Profile, budget_ms: float) -> float | None:
+def crossfit_accuracy(profile: Profile, budget_ms: float, alpha: float = MAX_VIOLATION) -> float | None:
     """Accuracy of the best static setting (`best_static`) chosen on one half of the requests and scored on the
     other, both ways round: the best static setting a user could pick without seeing the requests it is scored on
-    (the in-sample best of many settings is optimistic). None when no setting fits on either half."""
+    (the in-sample best of many settings is optimistic). None when no setting meets the budget on either half."""
     even = np.arange(profile.scores.shape[1]) % 2 == 0
     accs = []
     for pick, score in ((even, ~even), (~even, even)):
         if not pick.any() or not score.any():
             continue
-        chosen = best_static(profile.requests(pick), budget_ms)
+        chosen = best_static(profile.requests(pick), budget_ms, alpha)
         if chosen is not None:
             accs.append(float(profile.scores[chosen, score].mean()))
     return float(np.mean(accs)) if accs else None
@@ -129,33 +132,36 @@ def accuracy_by_type(scores: np.ndarray, qtypes: Sequence[str]) -> dict[str, flo
     return {"all": float(scores.mean()), **{t: float(scores[qtypes == t].mean()) for t in sorted(set(qtypes) - {""})}}
 
 
-def type_routing(profile: Profile, qtypes: Sequence[str], budget_ms: float) -> float | None:
-    """Accuracy when each question type goes to the setting, among those fitting the budget on average
-    (`best_static`'s rule), that answers that type best: what a controller that knows the question type and
-    nothing else can reach. One setting per type, not per request, so answers a setting gets right by chance lift it
-    far less than the per-request oracle. None if nothing fits."""
-    fits = profile.mean_latency_ms <= budget_ms
-    if not fits.any():
-        return None
+def type_routing(profile: Profile, qtypes: Sequence[str], budget_ms: float,
+                 alpha: float = MAX_VIOLATION) -> float | None:
+    """Accuracy when each question type goes to the setting that answers it best among those meeting the budget
+    on that type's requests (so the routed policy meets it too): what a controller that knows the question type
+    and nothing else can reach. One setting per type, not per request, so answers a setting gets right by chance
+    lift it far less than the per-request oracle. None when some type has no setting meeting the budget."""
     qtypes = np.asarray(qtypes)
-    right = sum(profile.scores[fits][:, qtypes == t].sum(axis=1).max() for t in np.unique(qtypes))
+    right = 0.0
+    for t in np.unique(qtypes):
+        mine = qtypes == t
+        fits = meets_budget(profile.latency_ms[:, mine], budget_ms, alpha)
+        if not fits.any():
+            return None
+        right += profile.scores[fits][:, mine].sum(axis=1).max()
     return float(right / len(qtypes))
 
 
-def headroom(profile: Profile, qtypes: Sequence[str], budgets_ms: Sequence[float]) -> list[dict]:
-    """Per budget, where a controller has something to win (all in budgeted accuracy: a request over the budget
-    scores 0): the best static setting within it, routing by question type (`type_routing`, plain accuracy) and the
-    per-request oracle."""
+def headroom(profile: Profile, qtypes: Sequence[str], budgets_ms: Sequence[float],
+             alpha: float = MAX_VIOLATION) -> list[dict]:
+    """Per budget, where a controller has something to win, in accuracy: the best static setting meeting it, routing
+    by question type (`type_routing`) and the per-request oracle (within the budget on every request where any
+    setting is)."""
     out = []
-    n = profile.scores.shape[1]
     for budget in budgets_ms:
-        best = best_static(profile, budget)
-        static = 0.0 if best is None else evaluate_choice(profile, np.full(n, best), budget).budgeted_accuracy
-        out.append({"budget_ms": float(budget), "best_static": static,
+        best = best_static(profile, budget, alpha)
+        oracle = evaluate_choice(profile, per_request_oracle(profile, budget), budget, alpha)
+        out.append({"budget_ms": float(budget), "best_static": None if best is None else float(profile.accuracy[best]),
                     "best_static_knobs": None if best is None else str(profile.settings[best]),
-                    "type_routing": type_routing(profile, qtypes, budget),
-                    "per_request_oracle": evaluate_choice(profile, per_request_oracle(profile, budget),
-                                                          budget).budgeted_accuracy})
+                    "type_routing": type_routing(profile, qtypes, budget, alpha),
+                    "per_request_oracle": oracle.accuracy, "per_request_oracle_violation_rate": oracle.violation_rate})
     return out
 
 
@@ -175,6 +181,9 @@ class PolicyResult:
     latency_p50_ms: float
     latency_p90_ms: float
     latency_p99_ms: float
+    overshoot_p90: float
+    overshoot_p99: float
+    meets_budget: bool
     mean_tier: float
     mean_top_k: float
     mean_num_blocks: float
@@ -187,7 +196,8 @@ class PolicyResult:
         return {**out, "histogram": dict(self.histogram)}
 
 
-def evaluate_choice(profile: Profile, choice: np.ndarray, budget_ms: float) -> PolicyResult:
+def evaluate_choice(profile: Profile, choice: np.ndarray, budget_ms: float,
+                    alpha: float = MAX_VIOLATION) -> PolicyResult:
     """Score setting `choice[i]` on request i. A request counts towards `budgeted_accuracy` only within the budget.
     `mean_tier` is the mean index in `profile.tier_order` (0 = cheapest tier)."""
     choice = np.asarray(choice)
@@ -201,21 +211,25 @@ def evaluate_choice(profile: Profile, choice: np.ndarray, budget_ms: float) -> P
     knob_values = np.array([(profile.tier_order.index(k.tier), k.top_k, k.num_blocks) for k in profile.settings])
     tier, top_k, num_blocks = knob_values[choice].mean(axis=0)
     counts = np.bincount(choice, minlength=len(profile.settings))
-    return PolicyResult(**policy_metrics(scores, latency, budget_ms),
+    return PolicyResult(**policy_metrics(scores, latency, budget_ms, alpha),
                         mean_tier=float(tier), mean_top_k=float(top_k), mean_num_blocks=float(num_blocks),
                         histogram={str(profile.settings[s]): int(c) for s, c in enumerate(counts) if c},
                         scores=scores, latency_ms=latency)
 
 
-def policy_metrics(scores: np.ndarray, latency_ms: np.ndarray, budget_ms: float) -> dict[str, float]:
+def policy_metrics(scores: np.ndarray, latency_ms: np.ndarray, budget_ms: float,
+                   alpha: float = MAX_VIOLATION) -> dict[str, float | bool]:
     """Accuracy and latency of one policy's requests at one budget: a request over the budget is a violation and
-    scores 0 in `budgeted_accuracy`."""
+    scores 0 in `budgeted_accuracy`; `overshoot_p90` / `_p99` are quantiles of (L - B)+ / B; `meets_budget` is the
+    one rule (`budget.meets_budget`)."""
     scores, latency = np.asarray(scores, dtype=float), np.asarray(latency_ms, dtype=float)
     within = latency <= budget_ms
     p50, p90, p99 = np.percentile(latency, [50, 90, 99])
     return {"accuracy": float(scores.mean()), "violation_rate": float((~within).mean()),
             "budgeted_accuracy": float((scores * within).mean()), "mean_latency_ms": float(latency.mean()),
-            "latency_p50_ms": float(p50), "latency_p90_ms": float(p90), "latency_p99_ms": float(p99)}
+            "latency_p50_ms": float(p50), "latency_p90_ms": float(p90), "latency_p99_ms": float(p99),
+            "overshoot_p90": overshoot(latency, budget_ms, 0.9), "overshoot_p99": overshoot(latency, budget_ms, 0.99),
+            "meets_budget": bool(meets_budget(latency, budget_ms, alpha))}
 
 
 def bootstrap_interval(values: np.ndarray, draws: int = 10000, level: float = 0.95,
@@ -246,26 +260,28 @@ def paired_vs(reference: PolicyResult, other: PolicyResult, seed: int = 0) -> di
 
 
 def budget_comparison(profile: Profile, choice: np.ndarray, budget_ms: float, random: np.ndarray,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, alpha: float = MAX_VIOLATION) -> dict:
     """The controller's `choice` at one budget against the best static setting meeting it (`best_static`, chosen
     and scored on the same requests, with its cross-fitted accuracy) and against uniformly random knobs: one
-    budget of the validation report."""
-    ctrl = evaluate_choice(profile, choice, budget_ms)
-    best = best_static(profile, budget_ms)
-    static = None
+    budget of the validation report. The controller beats the static setting only when it meets the budget and
+    the paired interval lies above 0."""
+    ctrl = evaluate_choice(profile, choice, budget_ms, alpha)
+    best = best_static(profile, budget_ms, alpha)
+    static, vs = None, None
+    keys = ("accuracy", "violation_rate", "budgeted_accuracy", "latency_p50_ms", "latency_p90_ms", "overshoot_p90",
+            "overshoot_p99", "meets_budget")
     if best is not None:
-        result = evaluate_choice(profile, np.full(len(choice), best), budget_ms)
-        static = {"knobs": str(profile.settings[best]), "accuracy": result.accuracy,
-                  "mean_latency_ms": result.mean_latency_ms, "violation_rate": result.violation_rate,
-                  "crossfit_accuracy": crossfit_accuracy(profile, budget_ms),
-                  "controller_minus_static": paired_vs(result, ctrl, seed=seed)}
-    rand = evaluate_choice(profile, random, budget_ms)
-    return {"controller": {k: getattr(ctrl, k) for k in ("accuracy", "violation_rate", "budgeted_accuracy",
-                                                          "latency_p50_ms", "latency_p90_ms")}
+        result = evaluate_choice(profile, np.full(len(choice), best), budget_ms, alpha)
+        vs = paired_vs(result, ctrl, seed=seed)
+        static = {"knobs": str(profile.settings[best]), "mean_latency_ms": result.mean_latency_ms,
+                  **{k: getattr(result, k) for k in keys if k != "meets_budget"},
+                  "crossfit_accuracy": crossfit_accuracy(profile, budget_ms, alpha), "controller_minus_static": vs}
+    rand = evaluate_choice(profile, random, budget_ms, alpha)
+    return {"controller": {k: getattr(ctrl, k) for k in keys}
             | {"knobs": dict(sorted(ctrl.histogram.items(), key=lambda kv: -kv[1]))},
             "best_static": static,
             "random": {k: getattr(rand, k) for k in ("accuracy", "violation_rate", "budgeted_accuracy")},
-            "controller_beats_best_static": static is None or ctrl.accuracy >= static["accuracy"]}
+            "controller_beats_best_static": ctrl.meets_budget and (vs is None or vs["ci_low"] > 0)}
 
 
 def oracle_gap_closed(policy_acc: float, lut_acc: float, oracle_acc: float) -> float:
@@ -290,11 +306,13 @@ def pareto_front(latency: Sequence[float], accuracy: Sequence[float]) -> list[in
 
 
 def evaluate_budgets(test: Profile, val: Profile, budgets_ms: Sequence[float], controller: Mapping[float, np.ndarray],
-                     full: Knobs | None = None, seed: int = 0) -> dict:
+                     full: Knobs | None = None, seed: int = 0, alpha: float = MAX_VIOLATION) -> dict:
     """Every policy per budget on the test requests, as a JSON-able dict. The lookup table ("lut") is chosen on
     `val` and scored on test; "oracle_static" and "per_request_oracle" see the test requests. `full` defaults to
     the setting slowest on average on val. "random" is one seeded uniform draw, the same requests' settings at
-    every budget. `oracle_gap_closed` is in budgeted accuracy: within the budget the per-request oracle is an upper
+    every budget. Static policies meet the budget by `budget.meets_budget` (at most `alpha` of val's requests
+    over it, for the table). `controller_beats_lut`: the controller meets the budget and the paired interval lies
+    above 0. `oracle_gap_closed` is in budgeted accuracy: within the budget the per-request oracle is an upper
     bound on every policy, while on plain accuracy a policy can pass it by running over the budget."""
     if missing := [b for b in budgets_ms if b not in controller]:
         raise ValueError(f"evaluate_budgets: no controller choice for budgets {missing}")
@@ -306,13 +324,13 @@ def evaluate_budgets(test: Profile, val: Profile, budgets_ms: Sequence[float], c
            "settings": [{"knobs": str(k), "accuracy": float(a), "mean_latency_ms": float(t), "pareto_front": s in front}
                         for s, (k, a, t) in enumerate(zip(test.settings, test.accuracy, test.mean_latency_ms))]}
     for budget in budgets_ms:
-        lut = best_static(val, budget)
+        lut = best_static(val, budget, alpha)
         statics = {"lut": None if lut is None else test.index(val.settings[lut]),
-                   "oracle_static": best_static(test, budget), "full": test.index(full)}
-        results = {"controller": evaluate_choice(test, controller[budget], budget),
-                   "per_request_oracle": evaluate_choice(test, per_request_oracle(test, budget), budget),
-                   "random": evaluate_choice(test, rand, budget)}
-        results |= {name: None if s is None else evaluate_choice(test, np.full(n, s), budget)
+                   "oracle_static": best_static(test, budget, alpha), "full": test.index(full)}
+        results = {"controller": evaluate_choice(test, controller[budget], budget, alpha),
+                   "per_request_oracle": evaluate_choice(test, per_request_oracle(test, budget), budget, alpha),
+                   "random": evaluate_choice(test, rand, budget, alpha)}
+        results |= {name: None if s is None else evaluate_choice(test, np.full(n, s), budget, alpha)
                     for name, s in statics.items()}
         policies = {name: None if results[name] is None else results[name].to_dict() for name in POLICIES}
         for name, s in statics.items():
@@ -321,7 +339,8 @@ def evaluate_budgets(test: Profile, val: Profile, budgets_ms: Sequence[float], c
         ctrl, table, oracle = results["controller"], results["lut"], results["per_request_oracle"]
         gap = math.nan if table is None else oracle_gap_closed(ctrl.budgeted_accuracy, table.budgeted_accuracy,
                                                                oracle.budgeted_accuracy)
-        out["budgets"].append({"budget_ms": float(budget), "policies": policies,
-                               "controller_vs_lut": None if table is None else paired_vs(table, ctrl, seed=seed),
+        vs = None if table is None else paired_vs(table, ctrl, seed=seed)
+        out["budgets"].append({"budget_ms": float(budget), "policies": policies, "controller_vs_lut": vs,
+                               "controller_beats_lut": ctrl.meets_budget and (vs is None or vs["ci_low"] > 0),
                                "oracle_gap_closed": None if math.isnan(gap) else gap})
     return out

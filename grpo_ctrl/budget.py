@@ -23,6 +23,24 @@ class Unit(StrEnum):
 
 
 UNITS = tuple(u.value for u in Unit)
+MAX_VIOLATION = 0.05  # alpha of the one rule (`meets_budget`); budgets.max_violation
+
+
+def violation_rate(latency_ms, budget_ms: float) -> np.ndarray:
+    """Share of requests (the last axis) that take longer than the budget."""
+    return (np.asarray(latency_ms, dtype=float) > budget_ms).mean(axis=-1)
+
+
+def meets_budget(latency_ms, budget_ms: float, alpha: float = MAX_VIOLATION) -> np.ndarray:
+    """THE rule of every report and baseline: a policy meets budget B when at most `alpha` of its requests
+    (the last axis of `latency_ms`) take longer than B."""
+    return violation_rate(latency_ms, budget_ms) <= alpha + 1e-12
+
+
+def overshoot(latency_ms, budget_ms: float, q: float) -> float:
+    """The q-quantile over requests of how far past the budget a request runs, as a fraction of it (0: within)."""
+    over = np.maximum(np.asarray(latency_ms, dtype=float) - budget_ms, 0.0) / budget_ms
+    return float(np.quantile(over, q))
 
 
 class BudgetError(ValueError):

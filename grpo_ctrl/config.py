@@ -16,7 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from grpo_ctrl.budget import Unit
+from grpo_ctrl.budget import MAX_VIOLATION, Unit
 from grpo_ctrl.data.hf import HFVQAConfig
 from grpo_ctrl.data.source import DataSourceConfig
 from grpo_ctrl.data.synthetic import QUESTION_TYPES, GridVQAConfig
@@ -83,6 +83,8 @@ class BudgetConfig:
     train_min: float = 0.35  # training budgets are drawn uniformly from [train_min, train_max]
     train_max: float = 1.05
     val: list[float] = field(default_factory=lambda: [0.4, 0.55, 0.7, 0.85, 1.0])
+    # alpha: a policy meets a budget when at most this share of its requests take longer (every report's rule)
+    max_violation: float = MAX_VIOLATION
 
 
 @dataclass
@@ -289,6 +291,8 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
     _require(0 < b.train_min <= b.train_max, f"budgets.train_min={b.train_min}, budgets.train_max={b.train_max}: "
              "need 0 < train_min <= train_max")
     _require(len(b.val) >= 1 and all(v > 0 for v in b.val), f"budgets.val={list(b.val)}: list one or more budgets > 0")
+    _require(0 < b.max_violation < 1, f"budgets.max_violation={b.max_violation} must be in (0, 1): the share of "
+             "requests a policy may run over its budget (e.g. 0.05)")
     _require(cfg.model.name != "hf" or bool(cfg.model.path),
              "model=hf needs model.path=DIR: a model directory as transformers saves it (config.json, weights, "
              "processor files)")

@@ -9,6 +9,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from grpo_ctrl.budget import MAX_VIOLATION
 from grpo_ctrl.config import KnobSpaceConfig, LatencySource, ModelConfig, RolloutConfig, register_configs
 from grpo_ctrl.data.source import DataSourceConfig
 from grpo_ctrl.vlm.builder import EmbeddedVLMSize
@@ -48,6 +49,7 @@ class EvaluateConfig:
     # setting's, further than this from this machine's timings
     estimator_tolerance: float = 0.05
     seed: int = 0  # random-knobs baseline and bootstrap intervals
+    max_violation: float | None = None  # alpha of the rule a policy meets a budget by (null: the run's budgets.*)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class EvaluateKnobsConfig:
     latency_threads: int = 1  # while timing
     oracle_budget: float = 0.5  # the per-request oracle against the best static setting at this fraction of full
     headroom_budgets: list[float] = field(default_factory=lambda: [0.4, 0.55, 0.7, 0.85, 1.0])  # fractions
+    max_violation: float = MAX_VIOLATION  # a policy meets a budget when at most this share of requests run over
 
 
 @dataclass

@@ -211,7 +211,7 @@ class JointGRPOTrainer:
         for j, value in enumerate(chosen):
             knobs, scores, lat, est = zip(*(row[j] for row in rows))
             budget = float(BudgetScale(self.cfg.budgets.unit, ref_ms).ms(value))
-            metrics = policy_metrics(scores, lat, budget)
+            metrics = policy_metrics(scores, lat, budget, self.cfg.budgets.max_violation)
             report[f"{value:g}"] = {
                 "budget_ms": budget, "reference_ms": ref_ms,
                 **{k: metrics[k] for k in ("accuracy", "latency_p50_ms", "latency_p90_ms", "violation_rate",
@@ -244,7 +244,7 @@ class JointGRPOTrainer:
                                 profile.tier_order)
         rng = np.random.default_rng(self.cfg.seed)
         policy, shard = GreedyPolicy(self.controller), self.ctx.shard(self.val_pool)
-        out = {"reference_latency_ms": reference, "budgets": {}}
+        out = {"reference_latency_ms": reference, "max_violation": self.cfg.budgets.max_violation, "budgets": {}}
         if estimated is not None:
             out["estimator_reference_latency_ms"] = self.ref_ms
         for value in self.cfg.budgets.val:
@@ -252,8 +252,8 @@ class JointGRPOTrainer:
             choice = np.array([profile.index(k) for k in knobs])
             budget = float(scale.ms(value))
             random = random_choice(len(profile.settings), len(choice), rng)
-            b = out["budgets"][f"{value:g}"] = {"budget_ms": budget,
-                                                **budget_comparison(profile, choice, budget, random, self.cfg.seed)}
+            b = out["budgets"][f"{value:g}"] = {"budget_ms": budget, **budget_comparison(
+                profile, choice, budget, random, self.cfg.seed, self.cfg.budgets.max_violation)}
             if estimated is not None:
                 b["controller"]["estimated_violation_rate"] = evaluate_choice(
                     estimated, choice, float(self.scale.ms(value))).violation_rate

@@ -27,6 +27,7 @@ from grpo_ctrl.baselines import (
     random_choice,
     type_routing,
 )
+from grpo_ctrl.budget import meets_budget, overshoot, violation_rate
 from grpo_ctrl.knobs import Knobs, KnobSpace
 from grpo_ctrl.latency.estimator import fraction_drift
 from grpo_ctrl.report import markdown, write_outputs
@@ -64,15 +65,30 @@ def test_profile_validates_shapes_and_ranges():
         Profile((CHEAP, MID), np.zeros((2, 2)), np.zeros((2, 2)), tier_order=("high",))
 
 
-def test_best_static_picks_the_most_accurate_setting_within_the_mean_budget():
+def test_best_static_is_the_most_accurate_setting_that_meets_the_budget():
     p = small_profile()
-    assert best_static(p, 19) is None  # every mean latency (20, 25, 40) is over
-    assert best_static(p, 20) == 0  # only cheap fits, at exactly the budget
-    assert best_static(p, 39.9) == 1  # mid (0.75) beats cheap (0.25); full's mean 40 is over
-    assert best_static(p, 1000) == 2
+    # cheap's mean (20) fits 20, but r3 (50) runs over: 1 request in 4 is 25 %, more than alpha (5 %)
+    assert best_static(p, 20) is None
+    assert best_static(p, 19, alpha=0.25) == 0  # a looser rule admits cheap (one request over), not mid (all four)
+    assert best_static(p, 50) == 1  # mid (0.75) meets 50 on every request; full runs over on r3 (70)
+    assert best_static(p, 70) == 2
+    # a mean well under the budget with 40 % of the requests over it is refused
+    spiky = Profile((CHEAP, MID), np.array([[1, 1, 1, 1, 1], [0, 0, 0, 0, 1]]),
+                    np.array([[5, 5, 5, 30, 30], [18, 18, 18, 18, 18]]))
+    assert spiky.mean_latency_ms[0] == 15 and best_static(spiky, 20) == 1
+    assert best_static(spiky, 20, alpha=0.4) == 0
     # two settings tied on accuracy: the one faster on average, wherever it is listed
     tied = Profile((FULL, MID), np.array([[1, 0], [0, 1]]), np.array([[30, 30], [10, 20]]))
     assert best_static(tied, 100) == 1  # both 0.5; mid's mean 15 < full's 30
+
+
+def test_meeting_a_budget_is_one_rule():
+    latency = np.array([[10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 30]])
+    assert meets_budget(latency, 20).tolist() == [True]  # 1 of 20 over: exactly 5 %
+    assert meets_budget(latency, 20, alpha=0.04).tolist() == [False]
+    assert violation_rate(latency, 20).tolist() == [0.05]
+    assert overshoot(latency[0], 20, 0.99) == pytest.approx(0.5 * 0.81, rel=0.05)  # the top request: 50 % over
+    assert overshoot(latency[0], 20, 0.9) == 0.0
 
 
 def test_per_request_oracle_picks_the_cheapest_best_setting_and_falls_back_to_the_fastest():
@@ -251,6 +267,9 @@ def test_type_routing_sends_each_type_to_its_best_setting_within_the_budget():
     assert type_routing(p, qtypes, budget_ms=1.0) == 0.75  # only shallow fits
     assert type_routing(p, qtypes, budget_ms=0.5) is None
     assert accuracy_by_type(p.scores[1], qtypes) == {"all": 0.75, "a": 0.5, "b": 1.0}
+    # each type is routed among the settings that meet the budget on ITS requests: deep runs over on b's
+    slow_on_b = Profile((CHEAP, MID, FULL), np.array(scores), np.array([[1.0] * 4, [2.0, 2.0, 9.0, 9.0], [5.0] * 4]))
+    assert type_routing(slow_on_b, qtypes, budget_ms=2.0) == 0.75  # a -> shallow (2/2), b -> shallow (1/2)
 
 
 def test_cheapest_correct_is_per_request_by_mean_latency():
@@ -311,5 +330,13 @@ def test_budget_comparison_pairs_the_controller_with_the_best_static_setting():
     assert best["controller_minus_static"]["diff"] == pytest.approx(1.0 - 0.75)
     assert (best["controller_minus_static"]["wins"], best["controller_minus_static"]["losses"]) == (1, 0)
     assert best["knobs"] == str(CHEAP) and best["crossfit_accuracy"] is not None
-    assert out["controller_beats_best_static"]
+    assert not out["controller_beats_best_static"]  # more accurate, but over the budget on every request
+    # a controller that meets the budget and wins with an interval above 0 beats the static setting
+    halves = Profile((CHEAP, MID), np.array([[1] * 10 + [0] * 10, [0] * 10 + [1] * 10]), np.full((2, 20), 10.0))
+    routed = np.array([0] * 10 + [1] * 10)
+    won = budget_comparison(halves, routed, 15, routed)
+    assert won["controller"]["meets_budget"] and won["best_static"]["controller_minus_static"]["ci_low"] > 0
+    assert won["controller_beats_best_static"]
+    # winning without an interval above 0 is not beating
+    assert not budget_comparison(halves, np.zeros(20, int), 15, routed)["controller_beats_best_static"]
     assert budget_comparison(p, np.full(4, 2), 10, rand)["best_static"] is None  # nothing fits 10 ms

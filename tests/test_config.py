@@ -50,6 +50,8 @@ def test_every_group_option_composes_and_validates(group, option):
     ("prompts_per_step=0", "prompts_per_step=0"),
     ("budgets.train_min=0", "budgets.train_min=0"),
     ("budgets.val=[0.5,-1]", "budgets.val"),
+    ("budgets.max_violation=0", "budgets.max_violation=0.0 must be in (0, 1)"),
+    ("budgets.max_violation=1.0", "budgets.max_violation=1.0 must be in (0, 1)"),
     ("model.knobs.top_ks=[0,2]", "model.knobs.top_ks"),
     ("lr=0", "lr=0"),
     ("latency.threads=0", "latency.threads=0"),
