@@ -22,7 +22,7 @@ from grpo_ctrl.data.source import DataSourceConfig
 from grpo_ctrl.data.synthetic import QUESTION_TYPES, GridVQAConfig
 from grpo_ctrl.grpo import Advantage
 from grpo_ctrl.parallel import DDPConfig, DPConfig, ParallelConfig, SingleConfig
-from grpo_ctrl.reward import DefaultRewardConfig, RewardConfig, SeedRewardConfig
+from grpo_ctrl.reward import ConstrainedRewardConfig, DefaultRewardConfig, RewardConfig, SeedRewardConfig
 
 
 class ConfigError(ValueError):
@@ -184,7 +184,7 @@ GROUP_SCHEMAS = {
     "model": {"embedded": ModelConfig, "hf": ModelConfig},
     "data": {"grid_vqa": GridVQAConfig, "hf_vqa": HFVQAConfig},
     "controller": {"default": ControllerConfig},
-    "reward": {"default": DefaultRewardConfig, "seed": SeedRewardConfig},
+    "reward": {"constrained": ConstrainedRewardConfig, "default": DefaultRewardConfig, "seed": SeedRewardConfig},
     "latency": {"estimator": LatencyConfig, "measured": LatencyConfig, "hooked": LatencyConfig},
     "parallel": {"single": SingleConfig, "dp": DPConfig, "ddp": DDPConfig},
     "logger": {"wandb": LoggerConfig, "none": LoggerConfig},
@@ -282,6 +282,11 @@ def validate(cfg: DictConfig | Any, world_size: int = 1) -> None:
     _require(cfg.latency.threads is None or cfg.latency.threads >= 1,
              f"latency.threads={cfg.latency.threads} must be >= 1, or null to time with the run's threads")
     validate_rollout(cfg.rollout)
+    if cfg.reward.name == "constrained":
+        _require(cfg.reward.bands >= 1, f"reward.bands={cfg.reward.bands} must be >= 1")
+        _require(cfg.reward.dual_lr >= 0 and cfg.reward.initial_multiplier >= 0,
+                 f"reward.dual_lr={cfg.reward.dual_lr}, reward.initial_multiplier={cfg.reward.initial_multiplier}: "
+                 "both must be >= 0")
     _require(cfg.parallel.name != "dp" or (cfg.rollout.workers or 1) == 1,
              f"rollout.workers={cfg.rollout.workers} with parallel=dp: dp replicas answer the rollouts; drop "
              "rollout.workers")

@@ -20,8 +20,22 @@ class RewardConfig:
 
 
 @dataclass
+class ConstrainedRewardConfig(RewardConfig):
+    """reward=constrained (the default): accuracy + spend_bonus * min(L, B) / B - lambda * [L > B], with one
+    multiplier lambda per band of training budgets raised or lowered by dual ascent on the rollouts' violation rate
+    towards budgets.max_violation (`grpo_ctrl.constraint`): no penalty to tune by hand."""
+
+    name: str = "constrained"
+    gold_prob_weight: float = 0.3  # dense: ranks settings that answer alike by how sure they are
+    spend_bonus: float = 0.05  # + spend_bonus * min(L, B) / B (time under the budget is free; 0: off)
+    bands: int = 8  # equal-width bands of the training budget range, one multiplier each
+    dual_lr: float = 0.5  # multiplier change per step per unit of (violation rate - alpha)
+    initial_multiplier: float = 1.0  # the price of a violation at the start (an answer is worth 1)
+
+
+@dataclass
 class DefaultRewardConfig(RewardConfig):
-    """reward=default (`default_reward`)."""
+    """reward=default (`default_reward`): a soft budget, a violation costs in proportion to its overshoot."""
 
     name: str = "default"
     gold_prob_weight: float = 0.3  # dense: ranks settings that answer alike by how sure they are
@@ -82,10 +96,22 @@ def seed_reward(accuracy, latency, budget, complexity, alpha: float = 1.0, beta:
     return alpha * accuracy - beta * sigmoid - gamma * over**2 - epsilon * complexity + bonus
 
 
+def constrained_reward(accuracy, latency, budget, multiplier, spend_bonus: float = 0.0) -> np.ndarray:
+    """accuracy + spend_bonus * min(L, B) / B - multiplier * [L > B]: the Lagrangian of P(L > B) <= alpha per
+    request, `multiplier` each request's current price of a violation (`constraint.ViolationMultipliers`)."""
+    accuracy, latency, budget, multiplier = (np.asarray(x, dtype=float) for x in (accuracy, latency, budget,
+                                                                                    multiplier))
+    return accuracy + spend_bonus * np.minimum(latency, budget) / budget - multiplier * (latency > budget)
+
+
 def make_reward(cfg) -> RewardFn:
+    """reward(accuracy, latency, budget, complexity, multiplier): `multiplier` is used by reward=constrained only."""
+    if cfg.name == "constrained":
+        return lambda a, lat, b, c, m: constrained_reward(a, lat, b, m, cfg.spend_bonus)
     if cfg.name == "default":
-        return lambda a, lat, b, c=None: default_reward(a, lat, b, c, cfg.violation_penalty, cfg.latency_cost,
-                                                        cfg.violation_cost, cfg.spend_bonus)
+        return lambda a, lat, b, c, m=None: default_reward(a, lat, b, c, cfg.violation_penalty, cfg.latency_cost,
+                                                           cfg.violation_cost, cfg.spend_bonus)
     if cfg.name == "seed":
-        return lambda a, lat, b, c: seed_reward(a, lat, b, c, cfg.alpha, cfg.beta, cfg.gamma, cfg.delta, cfg.epsilon)
-    raise ValueError(f"reward.name={cfg.name!r} is unknown; use default or seed")
+        return lambda a, lat, b, c, m=None: seed_reward(a, lat, b, c, cfg.alpha, cfg.beta, cfg.gamma, cfg.delta,
+                                                        cfg.epsilon)
+    raise ValueError(f"reward.name={cfg.name!r} is unknown; use constrained, default or seed")

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from grpo_ctrl.baselines import Profile, budget_comparison, evaluate_choice, policy_metrics, random_choice
 from grpo_ctrl.budget import BudgetScale, warn_unreachable
 from grpo_ctrl.checkpoint import CHECKPOINT, architecture, load_checkpoint, save_checkpoint
+from grpo_ctrl.constraint import ViolationMultipliers
 from grpo_ctrl.controller import TwoStageController
 from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
 from grpo_ctrl.knob_grid import KnobGrid, requests
@@ -69,14 +70,21 @@ class JointGRPOTrainer:
         self.wandb_run_id: str | None = None  # the run a resumed job logs to again (from the checkpoint)
         self.ref_ms: float | None = None  # set by start(): resumed, or measured
         self.scale: BudgetScale | None = None
+        self.multipliers: ViolationMultipliers | None = None  # reward=constrained: set by start()
 
     def start(self) -> bool:
         """Resume from the last checkpoint, or measure the reference latency; every rank calls it before fit().
         Warns once about val budgets below what the cheapest setting costs. True when resumed."""
+        if self.cfg.reward.name == "constrained":
+            r, b = self.cfg.reward, self.cfg.budgets
+            self.multipliers = ViolationMultipliers(0.0, 1.0, r.bands, b.max_violation, r.dual_lr, r.initial_multiplier)
         resumed = self.maybe_resume()
         if not resumed:
             self.ref_ms = self.ctx.broadcast_object(self.median_latency(self.space.full))
         self.scale = BudgetScale(self.cfg.budgets.unit, self.ref_ms)
+        if self.multipliers is not None and not resumed:  # bands over the training budgets, as fractions
+            low, high = self.scale.fraction([self.cfg.budgets.train_min, self.cfg.budgets.train_max])
+            self.multipliers.edges = np.linspace(float(low), float(high), len(self.multipliers.values) + 1)
         if self.ctx.is_main:
             warn_unreachable(self.scale.ms(self.cfg.budgets.val), self.median_latency(self.space.cheapest),
                              "budgets.val")
@@ -135,7 +143,10 @@ class JointGRPOTrainer:
             lat = lat * np.exp(np.sqrt(np.log1p(cfg.latency.train_noise_cv**2)) * noise)
         budget = np.asarray(b.numpy(), dtype=float) * self.ref_ms  # the budget the controller was told
         signal = accuracy_signal(acc, [o.gold_prob for o in outcomes], cfg.reward.gold_prob_weight)
-        rewards = torch.as_tensor(self.reward(signal, lat, budget, complexity(self.space, knobs)), dtype=torch.float)
+        fraction = np.asarray(b.numpy(), dtype=float)
+        price = self.multipliers.at(fraction) if self.multipliers is not None else None
+        rewards = torch.as_tensor(self.reward(signal, lat, budget, complexity(self.space, knobs), price),
+                                  dtype=torch.float)
         grouped = rewards.view(per_rank, G)
         batch_std = None
         if cfg.grpo.advantage == "batch":
@@ -165,6 +176,8 @@ class JointGRPOTrainer:
         out = {f"train/{k}": sums[k] / sums["requests"] for k in per_request}
         out.update({f"train/{k}": sums[k] / sums["groups"] for k in per_group})
         out["train/reward_std"] = max(out.pop("train/reward_sq") - out["train/reward_mean"] ** 2, 0.0) ** 0.5
+        if self.multipliers is not None:  # the dual step, after the rewards it priced
+            out.update({f"train/{k}": v for k, v in self.multipliers.update(fraction, lat > budget, ctx).items()})
         out["train/step_time_s"] = time.perf_counter() - start
         return out
 
@@ -279,6 +292,7 @@ class JointGRPOTrainer:
                             ref=self.ref.state_dict() if self.ref is not None else None,
                             architecture=architecture(self.cfg.controller, self.space, self.engine.vlm.signature),
                             timing=self.timing,
+                            multipliers=self.multipliers.state_dict() if self.multipliers is not None else None,
                             wandb_run_id=self.tracker.wandb_run_id if self.tracker is not None else None)
         self.ctx.barrier()
 
@@ -293,6 +307,8 @@ class JointGRPOTrainer:
         self.ref_ms = state["ref_ms"]
         self.step = state["step"]
         self.timing = state["timing"]
+        if self.multipliers is not None and state.get("multipliers") is not None:
+            self.multipliers.load_state_dict(state["multipliers"])
         self.wandb_run_id = state["wandb_run_id"]
         return True
 

@@ -16,7 +16,7 @@ GROUP_OPTIONS = {
     "model": ["embedded", "hf"],
     "data": ["grid_vqa", "hf_vqa"],
     "controller": ["default"],
-    "reward": ["default", "seed"],
+    "reward": ["constrained", "default", "seed"],
     "latency": ["estimator", "measured", "hooked"],
     "parallel": ["single", "dp", "ddp"],
     "logger": ["wandb", "none"],

@@ -119,7 +119,7 @@ def test_reward_sees_the_gold_probability_mix(tiny_model_dir, weight):
     pool = [Prompt(("train", i), data.sample("train", i)) for i in range(24)]
     est = make_latency_provider("estimator", vlm, cfg.latency)
 
-    def reward(accuracy, latency, budget, complexity):
+    def reward(accuracy, latency, budget, complexity, price=None):
         seen["accuracy"] = torch.as_tensor(accuracy)
         return seen["accuracy"]
 
