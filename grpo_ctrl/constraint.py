@@ -31,12 +31,15 @@ class ViolationMultipliers:
         """Each request's price of running over its budget."""
         return self.values[self.band(fractions)]
 
-    def update(self, fractions, violated, ctx: ParallelContext | None = None) -> dict[str, float]:
-        """One dual-ascent step from this step's rollouts (summed over ranks); returns what to log."""
+    def update(self, fractions, violated, ctx: ParallelContext | None = None, feasible=None) -> dict[str, float]:
+        """One dual-ascent step from this step's rollouts (summed over ranks); returns what to log. A rollout
+        whose budget not even the cheapest setting meets (`feasible` False) runs over whatever the controller
+        chooses: it is left out of the rate, or an unreachable band's price would grow without end."""
         n = len(self.values)
         bands = self.band(fractions)
-        counts = np.bincount(bands, minlength=n).astype(float)
-        over = np.bincount(bands, weights=np.asarray(violated, dtype=float), minlength=n)
+        weight = np.ones(len(bands)) if feasible is None else np.asarray(feasible, dtype=float)
+        counts = np.bincount(bands, weights=weight, minlength=n)
+        over = np.bincount(bands, weights=weight * np.asarray(violated, dtype=float), minlength=n)
         totals = torch.tensor(np.concatenate([counts, over]), dtype=torch.float64)
         totals = (ctx or ParallelContext()).all_reduce_sum(totals).numpy()
         counts, over = totals[:n], totals[n:]

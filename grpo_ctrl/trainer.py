@@ -96,6 +96,11 @@ class JointGRPOTrainer:
         the reference, the unit of fractional budgets)."""
         return float(np.median(self.latency(self.train_latency, *self._reference_requests(knobs))))
 
+    def cheapest_latency(self, prompts: Sequence[Prompt]) -> np.ndarray:
+        """Each prompt's latency at the cheapest setting (training provider): below it no choice meets a budget."""
+        knobs = [self.space.cheapest] * len(prompts)
+        return self.latency(self.train_latency, prompts, knobs, self.engine.run(prompts, knobs))
+
     def _reference_requests(self, knobs: Knobs | None = None) -> tuple[list[Prompt], list[Knobs], list[Outcome]]:
         prompts = self.val_pool[:16]
         knobs = [knobs or self.space.full] * len(prompts)
@@ -177,7 +182,9 @@ class JointGRPOTrainer:
         out.update({f"train/{k}": sums[k] / sums["groups"] for k in per_group})
         out["train/reward_std"] = max(out.pop("train/reward_sq") - out["train/reward_mean"] ** 2, 0.0) ** 0.5
         if self.multipliers is not None:  # the dual step, after the rewards it priced
-            out.update({f"train/{k}": v for k, v in self.multipliers.update(fraction, lat > budget, ctx).items()})
+            feasible = np.repeat(self.cheapest_latency(prompts[::G]), G) <= budget
+            out.update({f"train/{k}": v
+                        for k, v in self.multipliers.update(fraction, lat > budget, ctx, feasible).items()})
         out["train/step_time_s"] = time.perf_counter() - start
         return out
 

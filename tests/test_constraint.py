@@ -18,6 +18,10 @@ def test_each_band_moves_by_its_own_violation_rate():
         m.update(fractions, np.zeros(8))
     assert m.values[1] == 0.0 and m.values[2] == 0.5  # floored at 0; untouched without rollouts
     assert m.band([0.0, 0.4, 0.6, 0.8, 1.0, 9.0]).tolist() == [0, 0, 1, 2, 2, 2]  # outside: the nearest band
+    # rollouts whose budget no setting meets are left out of the rate: an unreachable band keeps its price
+    before = m.values.copy()
+    m.update(fractions, np.ones(8), feasible=np.array([0, 0, 0, 0, 1, 1, 1, 1]))
+    assert m.values[0] == before[0] and m.values[1] == pytest.approx(before[1] + 0.95)
 
 
 def test_dual_ascent_finds_the_price_that_holds_the_violation_rate_at_alpha():
