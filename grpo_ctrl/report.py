@@ -132,7 +132,7 @@ def markdown(result: dict) -> str:
         diff = "—" if vs is None else f"{vs['diff']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]"
         cells = [f"{b['budget_ms']:g}", *(acc(b["policies"][p]) for p in POLICIES), diff,
                  "yes" if b["controller_beats_lut"] else "no",
-                 f"{b['policies']['controller']['overshoot_p99']:.0%}", "—" if gap is None else f"{gap:.2f}"]
+                 f"{b['policies']['controller']['overshoot_p99']:.1%}", "—" if gap is None else f"{gap:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Policies: accuracy / share of requests over the budget on test; * = over {alpha:.0%}, the share "
               "a policy may run over and still meet the budget (budgets.max_violation). Static settings are chosen "
