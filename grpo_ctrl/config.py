@@ -135,9 +135,9 @@ class RolloutConfig:
     # multirun share <sweep dir>/outcomes; a single run keeps them in memory.
     store: str | None = "${sweep_store:}"
     workers: int | None = None  # processes computing chunks; null: one per CPU core (1 on a GPU, with dp)
-    # Memory for encoded (chunk, tier) inputs and vision tokens (LRU): holds the embedded default's whole training
-    # split, and keeps a large dataset's memory flat.
-    vision_cache_mb: float = 128
+    # Memory for encoded (chunk, tier) inputs and vision tokens (LRU): most of the embedded default's training split,
+    # and a large dataset's memory flat (a 10k-sample hf_vqa run's peak RSS 1.16x a 1k one's at 96 MB, 1.19x at 128)
+    vision_cache_mb: float = 96
 
 
 @dataclass

@@ -164,7 +164,7 @@ def _worker_chunk(task: tuple) -> list[Outcome]:
 class RolloutEngine:
     def __init__(self, vlm: VLMAdapter, max_new_tokens: int = 2, batch_size: int = 1,
                  store: OutcomeStore | None = None, replicas: Sequence[VLMAdapter] = (), workers: int = 1,
-                 scoring: Scoring = Scoring(), vision_cache_mb: float = 128):
+                 scoring: Scoring = Scoring(), vision_cache_mb: float = 96):
         """`batch_size`: rows per chunk of the plan. `store`: where outcomes and features are kept (default: a
         fresh in-memory one). `replicas` (parallel=dp): copies of `vlm` on other devices, each answering its share
         of the chunks in a thread. `workers` > 1: that many CPU processes answer (the model's weights are shared
