@@ -1,5 +1,6 @@
 """Profile hooked latency over knob settings x prompts x output lengths, fit the latency estimator, check it on
-held-out settings and prompts, then refit on everything and write latency_estimator.json.
+held-out settings and prompts, then refit on everything and write latency_estimator.json, with the held-out runs'
+residual scores (what a latency guard's upper latencies come from).
 
     python experiments/profile_latency.py [model.path=DIR] [samples=8] [repeats=3] [generated_tokens=[1,2,4,8]]
                                           [write_to_model=true] [model.device=cuda]
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grpo_ctrl.artifacts import atomic_write
 from grpo_ctrl.cli import check_command_line, check_minimums
+from grpo_ctrl.latency.calibration import residual_scores
 from grpo_ctrl.latency.estimator import (
     ESTIMATOR_FILE,
     PROFILE_KEYS,
@@ -27,58 +29,11 @@ from grpo_ctrl.latency.estimator import (
     fit_estimator,
 )
 from grpo_ctrl.latency.experiment import LatencyExperiment
-from grpo_ctrl.latency.hooked import PhaseTiming
+from grpo_ctrl.latency.profile import grid_cells, profile
 from grpo_ctrl.script_configs import register_script_configs
 from grpo_ctrl.vlm.loading import write_to_model_dir
 
 TARGETS = {"total_mape": 5.0, "decode_per_token_mape": 10.0, "predictions_per_s": 1e5, "covered": 0.97}
-
-
-def sweep(exp: LatencyExperiment, samples, lengths, repeats: int, warmup: int, seed: int) -> tuple[list, dict]:
-    """Hooked runs of every (knob setting, prompt, length), `repeats` passes in fresh random orders.
-
-    Returns the profile rows (per-phase medians) and the checks over every raw run.
-    """
-    vlm = exp.vlm
-    settings = vlm.knob_space.all()
-    inputs = {(k.tier, p): exp.inputs_for(s, k) for k in settings for p, s in enumerate(samples)}
-    for k in settings:
-        for _ in range(warmup):
-            exp.measure_inference_latency(inputs[(k.tier, 0)], k, max_new_tokens=max(lengths),
-                                          min_new_tokens=max(lengths))
-    cells = [(si, p, n) for si in range(len(settings)) for p in range(len(samples)) for n in lengths]
-    runs: dict[tuple, list[PhaseTiming]] = {c: [] for c in cells}
-    rng = np.random.default_rng(seed)
-    start = time.perf_counter()
-    for r in range(repeats):
-        for i in rng.permutation(len(cells)):
-            si, p, n = cells[i]
-            k = settings[si]
-            runs[cells[i]].append(exp.measure_inference_latency(inputs[(k.tier, p)], k, max_new_tokens=n,
-                                                                min_new_tokens=n))
-        print(f"pass {r + 1}/{repeats}: {len(cells)} requests, {time.perf_counter() - start:.0f} s", flush=True)
-    rows, every = [], [t for ts in runs.values() for t in ts]
-    for (si, p, n), ts in runs.items():
-        k, med = settings[si], PhaseTiming.median(ts)
-        rows.append({"knobs": str(k), "tier": k.tier, "top_k": k.top_k, "num_blocks": k.num_blocks, "prompt": p,
-                     "image_tokens": med.image_tokens, "prompt_tokens": med.prompt_tokens, "generated_tokens": n,
-                     "vision": med.vision, "prefill": med.prefill, "decode": med.decode,
-                     "total": med.total, "forward_ms": med.forward_ms, "decode_steps_ms": list(med.decode_steps_ms),
-                     "runs_total": [t.total for t in ts]})
-    covered = np.array([t.covered for t in every])
-    cv = np.array([np.std(r["runs_total"]) / np.mean(r["runs_total"]) for r in rows])
-    checks = {
-        "runs": len(every),
-        "min_phase_ms": float(min(min(t.vision, t.prefill, t.decode, *t.decode_steps_ms) for t in every)),
-        "all_phases_nonneg": all(min(t.vision, t.prefill, t.decode, *t.decode_steps_ms) >= 0 for t in every),
-        "decode_steps_eq_generated_minus_1": all(t.num_decode_steps == t.generated_tokens - 1 for t in every),
-        "generated_eq_forced": all(t.generated_tokens == n for (_, _, n), ts in runs.items() for t in ts),
-        "covered_median": float(np.median(covered)), "covered_min": float(covered.min()),
-        "frac_runs_covered>=0.97": float((covered >= TARGETS["covered"]).mean()),
-        "forward_share_median": float(np.median([t.forward_share for t in every])),
-        "repeat_cv_median": float(np.median(cv)), "repeat_cv_p90": float(np.percentile(cv, 90)),
-    }
-    return rows, checks
 
 
 def holdout_split(rows: list[dict], n_settings: int, n_prompts: int, fraction: float, seed: int):
@@ -161,7 +116,8 @@ def main(cfg: DictConfig) -> None:
     settings = vlm.knob_space.all()
     print(f"profiling {len(settings)} knob settings x {len(samples)} prompts x lengths {lengths} x {cfg.repeats} "
           f"repeats on {vlm.model.device} ({cfg.threads} threads)", flush=True)
-    rows, checks = sweep(exp, samples, lengths, cfg.repeats, cfg.warmup, cfg.seed)
+    rows, checks = profile(exp, samples, grid_cells(settings, len(samples), lengths), cfg.repeats, cfg.warmup,
+                           cfg.seed)
     profile_path = exp.save_results("latency_profile", {"rows": rows, "checks": checks})
     print("hooked checks:", json.dumps(checks))
 
@@ -182,6 +138,8 @@ def main(cfg: DictConfig) -> None:
             "generated_tokens": lengths, "samples": len(samples), "repeats": cfg.repeats,
             "created": time.strftime("%Y-%m-%d %H:%M:%S"), "heldout": heldout}
     est = fit_estimator(rows, meta=meta)
+    # Split-conformal: single runs of the held-out rows against the fit that did not see them.
+    est.scores = residual_scores(held, test)
     rate = throughput(est)
     full = evaluate(est, rows)
     print(f"refit on all {len(rows)} rows (in-sample): {fmt(full)}")

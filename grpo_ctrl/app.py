@@ -24,6 +24,7 @@ from grpo_ctrl.data import DataError
 from grpo_ctrl.job import JobInfo
 from grpo_ctrl.knobs import KnobError
 from grpo_ctrl.latency import EstimatorError, make_latency_provider
+from grpo_ctrl.latency.guard import LatencyGuard, load_guard
 from grpo_ctrl.latency.providers import load_estimator
 from grpo_ctrl.outcomes import StoreError
 from grpo_ctrl.parallel import (
@@ -86,6 +87,8 @@ def preflight(cfg: DictConfig, run_dir: Path | None = None) -> ModelDir:
         spec = inspect_model(cfg.model)
         if "estimator" in (cfg.latency.train, cfg.latency.val):
             load_estimator(cfg.latency, spec.path, model_signature(spec.config))
+        if cfg.policy.guard:
+            guard_of(cfg, spec.path, model_signature(spec.config), spec.knob_space)
     except (ModelDirError, KnobError, EstimatorError) as err:
         print(f"model error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -102,6 +105,12 @@ def preflight(cfg: DictConfig, run_dir: Path | None = None) -> ModelDir:
             print(f"config error: {err}", file=sys.stderr)
             sys.exit(2)
     return spec
+
+
+def guard_of(cfg: DictConfig, model_dir, signature: dict, space) -> LatencyGuard:
+    """policy.guard's latency guard: policy.guard_estimator, else the run's estimator, at budgets.max_violation."""
+    return load_guard(cfg.latency, model_dir, signature, space, cfg.budgets.max_violation, cfg.model.max_new_tokens,
+                      cfg.policy.guard_estimator)
 
 
 def check_device(device: str) -> None:
@@ -210,8 +219,9 @@ def _train_with(cfg: DictConfig, run_dir: Path, ctx: ParallelContext, job: JobIn
     train_pool = PromptPool(data.split("train", cfg.data.train_size), "train")
     val_pool = PromptPool(data.split("val", cfg.data.val_size), "val")
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    guard = guard_of(cfg, vlm.source, vlm.signature, vlm.knob_space) if cfg.policy.guard else None
     trainer = JointGRPOTrainer(cfg, engine, controller, train_latency, val_latency, make_reward(cfg.reward),
-                               train_pool, val_pool, run_dir, ctx)
+                               train_pool, val_pool, run_dir, ctx, guard=guard)
     resumed = trainer.start()
     if ctx.is_main:
         # Nothing of the run's own changes before this point, where its checkpoint (if any) is loaded: metrics.jsonl

@@ -107,6 +107,16 @@ class LatencyConfig:
 
 
 @dataclass
+class PolicyConfig:
+    """The served decision, in validation (and what evaluation and serving default to)."""
+
+    # Only settings whose calibrated (1 - budgets.max_violation) upper latency fits the budget, the cheapest when none
+    # does (grpo_ctrl/latency/guard.py); needs an estimator with residual scores (experiments/calibrate_latency.py)
+    guard: bool = False
+    guard_estimator: str | None = None  # that estimator (null: latency.estimator_path, else the model's)
+
+
+@dataclass
 class LoggerConfig:
     name: str = "wandb"  # wandb | none
     mode: WandbMode = WandbMode.offline
@@ -152,6 +162,7 @@ class TrainConfig:
     rollout: RolloutConfig = MISSING
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     group_size: int = 8  # knob settings sampled per (prompt, budget)
     prompts_per_step: int = 16  # (prompt, budget) pairs per optimiser step, over all ranks
     lr: float = 1e-3

@@ -28,6 +28,13 @@ class Stage1(NamedTuple):
     pre2: np.ndarray  # stage 2's pre-activation from the budget and the question
 
 
+class Decision(NamedTuple):
+    knobs: Knobs
+    # With a latency guard: kept (the controller's own choice fits), moved (its best setting that fits replaced
+    # it) or fallback (nothing fits: the cheapest setting). None without a guard.
+    guard: str | None = None
+
+
 class GreedyPolicy:
     """`tier(budget, question)` before the vision encoder, `rest(stage1, vision)` after it. Stateless: a request's
     stage-1 result travels with it, so concurrent requests cannot mix."""
@@ -60,25 +67,45 @@ class GreedyPolicy:
         self.n_k = c.n_k
         self.space: KnobSpace = c.space
 
-    def tier(self, budget: float, question) -> Stage1:
-        """Stage 1: the tier index for a budget fraction and a question feature (H,)."""
+    def tier(self, budget: float, question, allowed: np.ndarray | None = None) -> Stage1:
+        """Stage 1: the tier index for a budget fraction and a question feature (H,); the best of the `allowed`
+        tiers (bool, (tiers,)) when given."""
         angles = budget * self.freqs
         enc = np.concatenate([[budget], np.sin(angles), np.cos(angles)]).astype(np.float32)
         pre = self.budget_w @ enc + self.question_w @ np.asarray(question, dtype=np.float32) + self.bias
         h = self.hidden
-        return Stage1(int(np.argmax(self.out1_w @ _gelu_tanh(pre[:h]) + self.out1_b)), pre[h:])
+        logits = self.out1_w @ _gelu_tanh(pre[:h]) + self.out1_b
+        return Stage1(int(np.argmax(logits if allowed is None else np.where(allowed, logits, -np.inf))), pre[h:])
 
-    def rest(self, stage1: Stage1, vision) -> tuple[int, int]:
-        """Stage 2: (top_k index, num_blocks index) from the pooled vision feature (H,) at the chosen tier."""
+    def rest(self, stage1: Stage1, vision, allowed: np.ndarray | None = None) -> tuple[int, int]:
+        """Stage 2: (top_k index, num_blocks index) from the pooled vision feature (H,) at the chosen tier; the best
+        `allowed` pair (bool, (top_ks, num_blocks)) by the sum of the two heads' logits when given."""
         pre = stage1.pre2 + self.vision_w @ np.asarray(vision, dtype=np.float32) + self.tier_w[stage1.tier]
         logits = self.out2_w @ _gelu_tanh(pre) + self.out2_b
-        return int(np.argmax(logits[: self.n_k])), int(np.argmax(logits[self.n_k:]))
+        k, b = logits[: self.n_k], logits[self.n_k:]
+        if allowed is None:  # the heads are independent: the best pair is each head's best
+            return int(np.argmax(k)), int(np.argmax(b))
+        joint = np.where(allowed, k[:, None] + b[None, :], -np.inf)
+        return tuple(int(i) for i in np.unravel_index(np.argmax(joint), joint.shape))
 
-    def decide(self, budget: float, question, vision_at_tier) -> Knobs:
-        """Both stages; `vision_at_tier(tier_name)` returns the pooled vision feature once the tier is known."""
-        first = self.tier(budget, question)
-        k, b = self.rest(first, vision_at_tier(self.space.tier_names[first.tier]))
-        return self.space.from_index(first.tier, k, b)
+    def decide(self, budget: float, question, vision_at_tier, allowed: np.ndarray | None = None) -> Decision:
+        """Both stages; `vision_at_tier(tier_name)` returns the pooled vision feature once the tier is known.
+
+        `allowed` (bool, (tiers, top_ks, num_blocks), from `LatencyGuard.allowed`) restricts the choice to the
+        settings that fit: the controller's best of them, or the cheapest setting when none fits."""
+        if allowed is None:
+            first = self.tier(budget, question)
+            k, b = self.rest(first, vision_at_tier(self.space.tier_names[first.tier]))
+            return Decision(self.space.from_index(first.tier, k, b))
+        if not allowed.any():
+            vision_at_tier(self.space.tier_names[0])  # what generation runs on
+            return Decision(self.space.cheapest, "fallback")
+        first = self.tier(budget, question, allowed.any(axis=(1, 2)))
+        vision = vision_at_tier(self.space.tier_names[first.tier])
+        k, b = self.rest(first, vision, allowed[first.tier])
+        free = self.tier(budget, question)
+        kept = free.tier == first.tier and self.rest(first, vision) == (k, b)
+        return Decision(self.space.from_index(first.tier, k, b), "kept" if kept else "moved")
 
     @classmethod
     def load(cls, path: str | Path) -> GreedyPolicy:
@@ -101,9 +128,15 @@ class GreedyPolicy:
         return cls(controller)
 
 
-def greedy_knobs(policy: GreedyPolicy, engine, prompts, fraction: float) -> list[Knobs]:
+def greedy_knobs(policy: GreedyPolicy, engine, prompts, fraction: float, guard=None,
+                 budget_ms: float | None = None) -> list[Knobs]:
     """The served decision for each prompt at one budget fraction, from a `RolloutEngine`'s cached question and
-    vision features (what validation and the held-out evaluation score)."""
+    vision features (what validation and the held-out evaluation score); with a `LatencyGuard`, restricted to the
+    settings whose upper latency fits `budget_ms`."""
     questions = engine.question_features(prompts).numpy()
-    return [policy.decide(fraction, q, lambda tier, p=p: engine.vision_features([p], [tier])[0].numpy())
-            for p, q in zip(prompts, questions)]
+    out = []
+    for p, q in zip(prompts, questions):
+        allowed = None if guard is None else guard.allowed(budget_ms, engine.token_counts(p))
+        out.append(policy.decide(fraction, q, lambda tier, p=p: engine.vision_features([p], [tier])[0].numpy(),
+                                 allowed).knobs)
+    return out

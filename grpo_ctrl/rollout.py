@@ -31,6 +31,7 @@ from grpo_ctrl.data import Split, VQASample, extract_answer, get_metric
 from grpo_ctrl.data.source import LazySequence
 from grpo_ctrl.fingerprint import digest
 from grpo_ctrl.knobs import Knobs
+from grpo_ctrl.latency.guard import token_counts
 from grpo_ctrl.outcomes import Outcome, OutcomeStore
 from grpo_ctrl.preemption import STOP_SIGNALS
 from grpo_ctrl.threads import intra_op_threads
@@ -186,6 +187,7 @@ class RolloutEngine:
         self._pool = None
         self._encoded: OrderedDict[tuple[str, str], tuple] = OrderedDict()
         self._chunks: dict[tuple[int, int], Chunk] = {}  # (pool, first index) -> chunk: ids only, a few bytes each
+        self._counts: dict[str, list[tuple[int, int]]] = {}  # sample id -> token counts per tier (a guard's input)
         settings = {"max_new_tokens": max_new_tokens, "metric": scoring.metric, "gold_prob": scoring.gold_prob}
         self._settings = digest(settings)
 
@@ -245,6 +247,12 @@ class RolloutEngine:
             found.update({(kind, *k): v for k, v in have.items()})
         return torch.from_numpy(np.stack([found[(tier_key(self.vlm, t), p.sample_id, chunks[p.key].plan)]
                                           for p, t in zip(prompts, tiers)]))
+
+    def token_counts(self, prompt: Prompt) -> list[tuple[int, int]]:
+        """(image tokens, prompt tokens) of a prompt at each tier, batch 1 (what a latency guard prices)."""
+        if prompt.sample_id not in self._counts:
+            self._counts[prompt.sample_id] = token_counts(self.vlm, prompt.sample.image, prompt.sample.question)
+        return self._counts[prompt.sample_id]
 
     def _encode(self, chunk: Chunk, tier: str) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]], list]:
         """(left-padded text inputs, vision encoding per row, (gold answers, gold) per row) of a chunk at `tier`:

@@ -21,6 +21,8 @@ from grpo_ctrl.controller import TwoStageController
 from grpo_ctrl.grpo import advantages, frac_zero_std, grpo_loss
 from grpo_ctrl.knob_grid import KnobGrid, requests
 from grpo_ctrl.knobs import Knobs
+from grpo_ctrl.latency.estimator import EstimatorLatency
+from grpo_ctrl.latency.guard import LatencyGuard
 from grpo_ctrl.outcomes import Outcome
 from grpo_ctrl.parallel import ParallelContext
 from grpo_ctrl.policy import GreedyPolicy, greedy_knobs
@@ -49,7 +51,7 @@ def sum_by_name(ctx: ParallelContext, values: dict) -> dict[str, float]:
 class JointGRPOTrainer:
     def __init__(self, cfg, engine: RolloutEngine, controller: TwoStageController, train_latency, val_latency,
                  reward: RewardFn, train_pool: Sequence[Prompt], val_pool: Sequence[Prompt], run_dir: Path,
-                 ctx: ParallelContext | None = None, tracker=None):
+                 ctx: ParallelContext | None = None, tracker=None, guard: LatencyGuard | None = None):
         self.cfg = cfg
         self.engine = engine
         self.space = engine.vlm.knob_space
@@ -71,6 +73,8 @@ class JointGRPOTrainer:
         self.ref_ms: float | None = None  # set by start(): resumed, or measured
         self.scale: BudgetScale | None = None
         self.multipliers: ViolationMultipliers | None = None  # reward=constrained: set by start()
+        self.guard = guard  # policy.guard: validation's decisions keep to what the guard says fits
+        self.guard_ref_ms: float | None = None  # the guard estimator's full-setting latency (set by start())
 
     def start(self) -> bool:
         """Resume from the last checkpoint, or measure the reference latency; every rank calls it before fit().
@@ -82,6 +86,8 @@ class JointGRPOTrainer:
         if not resumed:
             self.ref_ms = self.ctx.broadcast_object(self.median_latency(self.space.full))
         self.scale = BudgetScale(self.cfg.budgets.unit, self.ref_ms)
+        if self.guard is not None:  # a budget fraction, to the guard, is of its own estimator's full latency
+            self.guard_ref_ms = self.median_latency(self.space.full, EstimatorLatency(self.guard.estimator))
         if self.multipliers is not None and not resumed:  # bands over the training budgets, as fractions
             low, high = self.scale.fraction([self.cfg.budgets.train_min, self.cfg.budgets.train_max])
             self.multipliers.edges = np.linspace(float(low), float(high), len(self.multipliers.values) + 1)
@@ -91,10 +97,10 @@ class JointGRPOTrainer:
         return resumed
 
     # ------------------------------------------------------------ budgets and latency
-    def median_latency(self, knobs: Knobs) -> float:
-        """Median latency (ms) of `knobs` on typical requests from the training provider (at the full setting:
-        the reference, the unit of fractional budgets)."""
-        return float(np.median(self.latency(self.train_latency, *self._reference_requests(knobs))))
+    def median_latency(self, knobs: Knobs, provider=None) -> float:
+        """Median latency (ms) of `knobs` on typical requests from `provider`, by default the training one (at the
+        full setting: the reference, the unit of fractional budgets)."""
+        return float(np.median(self.latency(provider or self.train_latency, *self._reference_requests(knobs))))
 
     def served_violations(self, prompts: Sequence[Prompt], fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whether the policy as served (greedy) runs over each prompt's budget, and whether any setting meets that
@@ -200,6 +206,14 @@ class JointGRPOTrainer:
         return out
 
     # ------------------------------------------------------------ validation
+    def greedy(self, policy: GreedyPolicy, prompts: Sequence[Prompt], budget: float) -> list[Knobs]:
+        """The served decision (`greedy_knobs`) for each prompt at one val budget, guarded with policy.guard."""
+        fraction = float(self.scale.fraction(budget))
+        guard_ms = None
+        if self.guard is not None:
+            guard_ms = float(BudgetScale(self.cfg.budgets.unit, self.guard_ref_ms).ms(budget))
+        return greedy_knobs(policy, self.engine, prompts, fraction, self.guard, guard_ms)
+
     def validate(self, provider=None) -> dict:
         """The greedy policy as served (`GreedyPolicy`, request by request) on the val prompts at every val budget;
         this rank's shard, gathered on all ranks.
@@ -213,7 +227,7 @@ class JointGRPOTrainer:
         chosen = {}
         policy = GreedyPolicy(self.controller)  # the serving path (grpo_ctrl.serve), request by request
         for value in self.cfg.budgets.val:
-            knobs = greedy_knobs(policy, self.engine, shard, float(self.scale.fraction(value)))
+            knobs = self.greedy(policy, shard, value)
             chosen[value] = (knobs, self.engine.run(shard, knobs))
         pairs = {}
         for knobs, outcomes in chosen.values():
@@ -279,7 +293,7 @@ class JointGRPOTrainer:
         if estimated is not None:
             out["estimator_reference_latency_ms"] = self.ref_ms
         for value in self.cfg.budgets.val:
-            knobs = self.ctx.unshard(greedy_knobs(policy, self.engine, shard, float(self.scale.fraction(value))))
+            knobs = self.ctx.unshard(self.greedy(policy, shard, value))
             choice = np.array([profile.index(k) for k in knobs])
             budget = float(scale.ms(value))
             random = random_choice(len(profile.settings), len(choice), rng)

@@ -50,12 +50,13 @@ def test_decide_reads_vision_at_the_chosen_tier_and_returns_knobs():
         asked.append(tier)
         return feats[tier].numpy()
 
-    knobs = policy.decide(0.5, q.numpy(), vision_at)
+    decision = policy.decide(0.5, q.numpy(), vision_at)
+    knobs = decision.knobs
     with torch.no_grad():
         request = c.encode(torch.tensor([0.5]), q[None])
         tier = c.choose_tier(request)
         expected = c.to_knobs(c.choose_rest(request, feats[SPACE.tier_names[int(tier)]][None], tier))[0]
-    assert asked == [knobs.tier] and knobs == expected
+    assert asked == [knobs.tier] and knobs == expected and decision.guard is None
 
 
 def test_interleaved_requests_decide_as_if_alone():

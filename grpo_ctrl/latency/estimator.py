@@ -11,12 +11,15 @@ B = num_blocks, K = top_k, N = generated tokens, p = KV length during a decode s
 The phases are those of `hooked.PhaseTiming`, which partition a request's wall time:
 decode = sum of the N-1 decode steps + finish, and total = vision + prefill + decode. Coefficients are
 non-negative (each feature counts work), fitted to minimise the mean absolute relative error (`fit_nonneg`).
-Prediction is vectorised over numpy arrays.
+Prediction is vectorised over numpy arrays. An estimator may carry residual scores (measured / predicted end-to-end
+latency of runs it was not fitted on, per knob setting: `calibration.residual_scores`), from which `guard` takes
+calibrated upper latencies.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -131,7 +134,8 @@ def fit_nonneg(features: np.ndarray, target: np.ndarray, iterations: int = 20) -
 class LatencyEstimator:
     """Predicts per-phase and end-to-end latency (ms) from knobs and token counts, vectorised."""
 
-    def __init__(self, coef: Mapping[str, Sequence[float]], meta: dict | None = None):
+    def __init__(self, coef: Mapping[str, Sequence[float]], meta: dict | None = None,
+                 scores: Mapping[str, Sequence[float]] | None = None):
         self.coef = {}
         for phase, names in FEATURES.items():
             if phase not in coef:
@@ -144,6 +148,10 @@ class LatencyEstimator:
                 raise ValueError(f"phase {phase!r} has negative coefficients {shown} (each must be >= 0)")
             self.coef[phase] = c
         self.meta = dict(meta or {})
+        self.scores = {str(k): [float(x) for x in v] for k, v in (scores or {}).items()}
+        bad = [k for k, v in self.scores.items() if not all(math.isfinite(x) and x > 0 for x in v)]
+        if bad:
+            raise ValueError(f"residual scores of {bad[:3]} must be finite and > 0 (measured / predicted latency)")
 
     # ------------------------------------------------------------------ prediction
     def predict(self, image_tokens, prompt_tokens, generated_tokens, top_k, num_blocks) -> dict[str, np.ndarray]:
@@ -179,8 +187,11 @@ class LatencyEstimator:
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "features": {p: list(n) for p, n in FEATURES.items()},
-                "coef": {p: [float(v) for v in c] for p, c in self.coef.items()}, "meta": self.meta}
+        out = {"format": FORMAT, "version": VERSION, "features": {p: list(n) for p, n in FEATURES.items()},
+               "coef": {p: [float(v) for v in c] for p, c in self.coef.items()}, "meta": self.meta}
+        if self.scores:
+            out["residual_scores"] = self.scores
+        return out
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.to_dict())
@@ -201,7 +212,7 @@ class LatencyEstimator:
             saved = {p: tuple(n) for p, n in data["features"].items()}
             if saved != FEATURES:
                 raise ValueError("its features differ from this code's")
-            return cls(data["coef"], data.get("meta"))
+            return cls(data["coef"], data.get("meta"), data.get("residual_scores"))
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
             reason = " ".join(str(err).split()) or type(err).__name__
             raise EstimatorError(f"latency estimator {path} is unusable ({reason}); re-{fix}") from None
