@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import hydra
@@ -38,10 +39,10 @@ from grpo_ctrl.config import RolloutConfig
 from grpo_ctrl.controller_file import ControllerFileError, read_controller
 from grpo_ctrl.knob_grid import KnobGrid
 from grpo_ctrl.latency import EstimatorError, make_latency_provider
-from grpo_ctrl.latency.estimator import REFIT_COMMAND, fraction_drift
+from grpo_ctrl.latency.estimator import CALIBRATE_COMMAND, REFIT_COMMAND, fraction_drift
 from grpo_ctrl.latency.experiment import LatencyExperiment
 from grpo_ctrl.outcomes import StoreError
-from grpo_ctrl.policy import greedy_knobs
+from grpo_ctrl.policy import greedy_decisions
 from grpo_ctrl.report import write_outputs
 from grpo_ctrl.rollout import PromptPool, RolloutEngine
 from grpo_ctrl.script_configs import register_script_configs
@@ -63,13 +64,19 @@ def flip_rate(engine: RolloutEngine, prompts, grid: KnobGrid) -> dict:
 
 
 def controller_choices(server: Server, engine: RolloutEngine, prompts, settings, budgets_ms, reference_ms) -> dict:
-    """Setting index the controller picks for each test prompt at each budget (the serving decision path)."""
+    """Setting index the controller picks for each test prompt at each budget (the serving decision path, with the
+    server's guard), and how often the guard kept, moved or replaced its choice by the cheapest setting."""
     index = {k: i for i, k in enumerate(settings)}
-    return {budget: np.array([index[k] for k in greedy_knobs(server.policy, engine, prompts, budget / reference_ms)])
-            for budget in budgets_ms}
+    choices, guard = {}, {}
+    for budget in budgets_ms:
+        decisions = greedy_decisions(server.policy, engine, prompts, budget / reference_ms, server.guard, budget)
+        choices[budget] = np.array([index[d.knobs] for d in decisions])
+        if server.guard is not None:
+            guard[f"{budget:g}"] = dict(Counter(d.guard for d in decisions))
+    return choices, guard
 
 
-def estimator_drift(run_cfg, vlm, grid: KnobGrid, test: Profile, tolerance: float) -> dict | None:
+def estimator_drift(run_cfg, vlm, grid: KnobGrid, test: Profile, tolerance: float, cfg_threads: int) -> dict | None:
     """The run's estimator against this machine's timings of the test grid (`fraction_drift`); a warning line when
     a setting's fraction of full is off by more than `tolerance`. None when the run has no estimator."""
     try:
@@ -80,11 +87,14 @@ def estimator_drift(run_cfg, vlm, grid: KnobGrid, test: Profile, tolerance: floa
     estimated = grid.latency(provider)["test"]
     drift = fraction_drift(settings, test.latency_ms, estimated, settings.index(vlm.knob_space.full))
     worst = drift["worst"]
+    model = f" model=hf model.path={run_cfg.model.path}" if run_cfg.model.get("path") else ""
     if drift["max_abs_drift"] > tolerance:
         print(f"evaluate: warning: the run's latency estimator is off on this machine by {drift['max_abs_drift']:.3f} "
               f"of the full latency ({worst['knobs']}: {worst['estimated_fraction']:.3f} estimated, "
               f"{worst['measured_fraction']:.3f} measured); the controller budgets by the estimator's fractions, "
-              f"so expect violations or unused budget: re-fit it here with `{REFIT_COMMAND}` and re-train",
+              f"so expect violations or unused budget: calibrate it to this machine from ~25 requests with "
+              f"`{CALIBRATE_COMMAND}{model} threads={cfg_threads}` and evaluate or serve with guard=true "
+              f"guard_estimator=<the file it writes>, or re-fit it with `{REFIT_COMMAND}` and re-train",
               file=sys.stderr, flush=True)
     return drift
 
@@ -110,7 +120,10 @@ def main(cfg: DictConfig) -> None:
     try:
         check(cfg)
         saved = read_controller(cfg.run_dir)
-        server = Server.from_saved(saved)
+        policy = saved["config"].get("policy") or {}
+        guard = cfg.guard if cfg.guard is not None else bool(policy.get("guard", False))
+        server = Server.from_saved(saved, guard=guard,
+                                   guard_estimator=cfg.guard_estimator or policy.get("guard_estimator"))
     except (ServeError, ControllerFileError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         sys.exit(2)
@@ -154,12 +167,15 @@ def main(cfg: DictConfig) -> None:
     low = float(test.mean_latency_ms[settings.index(space.cheapest)])
     asked = OmegaConf.to_object(cfg.budgets) if OmegaConf.is_list(cfg.budgets) else int(cfg.budgets)
     budgets = budget_points(asked, low, float(test.mean_latency_ms.max()), reference)
-    choices = controller_choices(server, engine, pools["test"], settings, budgets, reference)
+    choices, guard_actions = controller_choices(server, engine, pools["test"], settings, budgets, reference)
     engine.close()
     alpha = cfg.max_violation if cfg.max_violation is not None else run_cfg.budgets.get("max_violation", MAX_VIOLATION)
     result = evaluate_budgets(test, profiles["val"], budgets, choices, full=space.full, seed=cfg.seed, alpha=alpha)
     if cfg.latency_source != "estimator":
-        result["estimator_drift"] = estimator_drift(run_cfg, vlm, grid, test, cfg.estimator_tolerance)
+        result["estimator_drift"] = estimator_drift(run_cfg, vlm, grid, test, cfg.estimator_tolerance,
+                                                   cfg.latency_threads)
+    if server.guard is not None:
+        result["guard"] = {"alpha": server.guard.alpha, "actions": guard_actions}
     result.update(run_dir=str(cfg.run_dir), latency_source=cfg.latency_source, reference_ms=reference,
                   max_violation=alpha, fidelity=fidelity, outcomes={"computed": store.computed, "read": store.read},
                   test_prompts=len(pools["test"]), val_prompts=len(pools["val"]),

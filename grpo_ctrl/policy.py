@@ -128,8 +128,8 @@ class GreedyPolicy:
         return cls(controller)
 
 
-def greedy_knobs(policy: GreedyPolicy, engine, prompts, fraction: float, guard=None,
-                 budget_ms: float | None = None) -> list[Knobs]:
+def greedy_decisions(policy: GreedyPolicy, engine, prompts, fraction: float, guard=None,
+                     budget_ms: float | None = None) -> list[Decision]:
     """The served decision for each prompt at one budget fraction, from a `RolloutEngine`'s cached question and
     vision features (what validation and the held-out evaluation score); with a `LatencyGuard`, restricted to the
     settings whose upper latency fits `budget_ms`."""
@@ -138,5 +138,5 @@ def greedy_knobs(policy: GreedyPolicy, engine, prompts, fraction: float, guard=N
     for p, q in zip(prompts, questions):
         allowed = None if guard is None else guard.allowed(budget_ms, engine.token_counts(p))
         out.append(policy.decide(fraction, q, lambda tier, p=p: engine.vision_features([p], [tier])[0].numpy(),
-                                 allowed).knobs)
+                                 allowed))
     return out

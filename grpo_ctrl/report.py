@@ -13,6 +13,7 @@ import numpy as np
 from grpo_ctrl.artifacts import atomic_write, write_json
 from grpo_ctrl.baselines import POLICIES
 from grpo_ctrl.budget import MAX_VIOLATION
+from grpo_ctrl.latency.estimator import CALIBRATE_COMMAND
 
 CSV_COLUMNS = ("budget_ms", "policy", "knobs", "accuracy", "violation_rate", "meets_budget", "budgeted_accuracy",
                "mean_latency_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "overshoot_p90",
@@ -43,6 +44,14 @@ def summary(report: dict) -> str:
     if any(not b["controller"].get("meets_budget", True) for b in report["budgets"].values()):
         lines.append(f"* more than {report.get('max_violation', MAX_VIOLATION):.0%} of requests over the budget "
                      "(budgets.max_violation): the controller does not meet it there")
+    alpha = report.get("max_violation", MAX_VIOLATION)
+    drifted = [frac for frac, b in report["budgets"].items() if estimated
+               and b["controller"]["violation_rate"] > alpha >= b["controller"]["estimated_violation_rate"]]
+    if drifted:
+        lines.append(f"at {', '.join(drifted)} the estimator the controller trained on says it meets the budget and "
+                     "this machine's timings say it does not: the estimator is off here; calibrate it to this machine "
+                     f"with `{CALIBRATE_COMMAND}` (about 25 requests) and validate or serve with policy.guard=true "
+                     "policy.guard_estimator=<the file it writes>, or re-fit it and re-train")
     return "\n".join(lines)
 
 
@@ -143,6 +152,11 @@ def markdown(result: dict) -> str:
               "", "| setting | accuracy | mean latency (ms) | Pareto |", "|---|---:|---:|:---:|"]
     lines += [f"| {s['knobs']} | {s['accuracy']:.3f} | {s['mean_latency_ms']:.1f} | {'✓' * s['pareto_front']} |"
               for s in result["settings"]]
+    if guard := result.get("guard"):
+        counts = "; ".join(f"{b} ms: " + ", ".join(f"{n} {a}" for a, n in sorted(c.items()))
+                           for b, c in guard["actions"].items())
+        lines += ["", f"The controller's choices went through the latency guard at alpha {guard['alpha']:g} (kept: its "
+                      f"choice fits; moved: its best fitting setting; fallback: nothing fits, the cheapest): {counts}."]
     if drift := result.get("estimator_drift"):
         worst = drift["worst"]
         lines += ["", f"The run's latency estimator on this machine: fractions of full off by up to "

@@ -28,6 +28,26 @@ class BlockImportanceConfig:
 
 
 @dataclass
+class CalibrateLatencyConfig:
+    """experiments/calibrate_latency.py: an existing latency estimator moved to this machine from a few requests."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # path null: the embedded VLM
+    data: DataSourceConfig = MISSING
+    estimator: str | None = None  # the estimator to calibrate (null: the model dir's latency_estimator.json)
+    requests: int = 25  # timed requests the calibration is fitted on (>= 6)
+    generated_tokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # forced output lengths, in turn
+    repeats: int = 3  # timed runs of each request (median fitted; every run a residual score)
+    warmup: int = 2  # untimed runs per knob setting first
+    holdout: int = 100  # other requests timed alongside, for the held-out error before and after (0: none)
+    threads: int = 1  # torch intra-op threads: those the calibrated estimator will be valid for
+    max_violation: float = MAX_VIOLATION  # alpha of the coverage check of the calibrated upper latency
+    seed: int = 0
+    # Where the calibrated estimator goes (null: beside the original as latency_estimator.<device>-<threads>t.json,
+    # or only in this run's output dir when the original is the embedded VLM's shipped one)
+    output: str | None = None
+
+
+@dataclass
 class EvaluateConfig:
     """experiments/evaluate.py: held-out evaluation of a trained controller on the test split."""
 
@@ -50,6 +70,10 @@ class EvaluateConfig:
     estimator_tolerance: float = 0.05
     seed: int = 0  # random-knobs baseline and bootstrap intervals
     max_violation: float | None = None  # alpha of the rule a policy meets a budget by (null: the run's budgets.*)
+    # The controller's choices through a latency guard (grpo_ctrl/latency/guard.py; null: the run's policy.guard), from
+    # an estimator with residual scores for this machine (null: the run's policy.guard_estimator, else its estimator)
+    guard: bool | None = None
+    guard_estimator: str | None = None
 
 
 @dataclass
@@ -114,7 +138,8 @@ class ProfileLatencyConfig:
     plot: bool = True
 
 
-SCRIPT_SCHEMAS = {"block_importance": BlockImportanceConfig, "evaluate": EvaluateConfig,
+SCRIPT_SCHEMAS = {"block_importance": BlockImportanceConfig, "calibrate_latency": CalibrateLatencyConfig,
+                  "evaluate": EvaluateConfig,
                   "evaluate_knobs": EvaluateKnobsConfig, "pretrain_tiny_vlm": PretrainTinyVLMConfig,
                   "profile_latency": ProfileLatencyConfig}
 

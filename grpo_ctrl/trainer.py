@@ -25,7 +25,7 @@ from grpo_ctrl.latency.estimator import EstimatorLatency
 from grpo_ctrl.latency.guard import LatencyGuard
 from grpo_ctrl.outcomes import Outcome
 from grpo_ctrl.parallel import ParallelContext
-from grpo_ctrl.policy import GreedyPolicy, greedy_knobs
+from grpo_ctrl.policy import GreedyPolicy, greedy_decisions
 from grpo_ctrl.preemption import StopSignals
 from grpo_ctrl.reward import RewardFn, accuracy_signal
 from grpo_ctrl.rollout import Prompt, RolloutEngine
@@ -207,12 +207,12 @@ class JointGRPOTrainer:
 
     # ------------------------------------------------------------ validation
     def greedy(self, policy: GreedyPolicy, prompts: Sequence[Prompt], budget: float) -> list[Knobs]:
-        """The served decision (`greedy_knobs`) for each prompt at one val budget, guarded with policy.guard."""
+        """The served decision (`greedy_decisions`) for each prompt at one val budget, guarded with policy.guard."""
         fraction = float(self.scale.fraction(budget))
         guard_ms = None
         if self.guard is not None:
             guard_ms = float(BudgetScale(self.cfg.budgets.unit, self.guard_ref_ms).ms(budget))
-        return greedy_knobs(policy, self.engine, prompts, fraction, self.guard, guard_ms)
+        return [d.knobs for d in greedy_decisions(policy, self.engine, prompts, fraction, self.guard, guard_ms)]
 
     def validate(self, provider=None) -> dict:
         """The greedy policy as served (`GreedyPolicy`, request by request) on the val prompts at every val budget;

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from grpo_ctrl.knobs import Knobs
 from grpo_ctrl.latency.estimator import (
     PROFILE_KEYS,
     LatencyEstimator,
@@ -29,6 +30,7 @@ from grpo_ctrl.latency.estimator import (
     prefill_features,
     vision_features,
 )
+from grpo_ctrl.latency.profile import Cell
 
 # Per feature of each phase (estimator.FEATURES): True where it grows with the request's tokens.
 TOKEN_WORK = {
@@ -53,6 +55,13 @@ def conformal_factor(scores: Sequence[float], alpha: float) -> float:
     s = np.sort(np.asarray(scores, dtype=np.float64))
     rank = math.ceil((len(s) + 1) * (1 - alpha))
     return float(s[rank - 1]) if rank <= len(s) else math.inf
+
+
+def upper_factors(scores: Mapping[str, Sequence[float]], settings: Sequence[str], alpha: float) -> dict[str, float]:
+    """Each setting's conformal factor: its own scores' where they suffice for alpha, else all scores'."""
+    pooled = conformal_factor([x for v in scores.values() for x in v], alpha)
+    own = {k: conformal_factor(scores.get(k, ()), alpha) for k in settings}
+    return {k: f if math.isfinite(f) else pooled for k, f in own.items()}
 
 
 def min_scores(alpha: float) -> int:
@@ -139,3 +148,27 @@ def loo_scores(estimator: LatencyEstimator, rows: Sequence[Mapping]) -> dict[str
         for key, values in residual_scores(held, [r]).items():
             scores.setdefault(key, []).extend(values)
     return scores
+
+
+def design(settings: Sequence[Knobs], typical_ms: Sequence[float], requests: int, lengths: Sequence[int]) -> list[Cell]:
+    """`requests` calibration cells that span the knob space: settings evenly spaced in the order of their predicted
+    latency (each once while there are enough), request i on prompt i, the output lengths in turn (so that both the
+    per-call and the per-token work of every phase vary across them)."""
+    order = np.argsort(np.asarray(typical_ms, dtype=np.float64), kind="stable")
+    picks = order[np.round(np.linspace(0, len(order) - 1, requests)).astype(int)]
+    return [Cell(settings[j], i, int(lengths[i % len(lengths)])) for i, j in enumerate(picks)]
+
+
+def holdout_cells(settings: Sequence[Knobs], count: int, first_prompt: int, lengths: Sequence[int],
+                  seed: int) -> list[Cell]:
+    """`count` random (setting, length) cells on prompts from `first_prompt` on (none of the calibration's)."""
+    rng = np.random.default_rng(seed)
+    return [Cell(settings[int(rng.integers(len(settings)))], first_prompt + i, int(rng.choice(lengths)))
+            for i in range(count)]
+
+
+def coverage(estimator: LatencyEstimator, rows: Sequence[Mapping], alpha: float) -> float:
+    """Share of the single runs of `rows` at or under the estimator's (1 - alpha) upper latency (`upper_factors`)."""
+    scores = residual_scores(estimator, rows)
+    factors = upper_factors(estimator.scores, list(scores), alpha)
+    return float(np.mean([x <= factors[k] for k, v in scores.items() for x in v]))

@@ -32,6 +32,7 @@ from grpo_ctrl.vlm import EMBEDDED_DIR
 ESTIMATOR_FILE = "latency_estimator.json"
 DEFAULT_ESTIMATOR_PATH = EMBEDDED_DIR / ESTIMATOR_FILE
 REFIT_COMMAND = "python experiments/profile_latency.py"
+CALIBRATE_COMMAND = "python experiments/calibrate_latency.py"  # from ~25 requests on another machine / thread count
 FORMAT = "grpo_ctrl.latency_estimator"
 VERSION = 2  # 2: phases partition the request (no `other`; decode = steps + finish)
 

@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from grpo_ctrl.knobs import KnobSpace
-from grpo_ctrl.latency.calibration import conformal_factor, min_scores
-from grpo_ctrl.latency.estimator import EstimatorError, LatencyEstimator
-
-CALIBRATE_COMMAND = "python experiments/calibrate_latency.py"
+from grpo_ctrl.latency.calibration import min_scores, upper_factors
+from grpo_ctrl.latency.estimator import CALIBRATE_COMMAND, EstimatorError, LatencyEstimator
 
 
 class LatencyGuard:
@@ -32,13 +30,9 @@ class LatencyGuard:
                 f"{source} carries {len(pooled)} residual scores, and a guard at alpha={alpha} needs "
                 f"{min_scores(alpha)}: calibrate it on this machine with `{CALIBRATE_COMMAND}` (it writes one with "
                 "scores) and point the guard at that file")
-        everywhere = conformal_factor(pooled, alpha)
-        factors = []
-        for k in space.all():
-            own = conformal_factor(estimator.scores.get(str(k), ()), alpha)
-            factors.append(own if np.isfinite(own) else everywhere)
+        factors = upper_factors(estimator.scores, [str(k) for k in space.all()], alpha)
         shape = (len(space.tiers), len(space.top_ks), len(space.num_blocks))
-        self.factor = np.array(factors).reshape(shape)
+        self.factor = np.array(list(factors.values())).reshape(shape)
         self.estimator, self.space, self.alpha, self.max_new_tokens = estimator, space, alpha, max_new_tokens
         self._top_k = np.array(space.top_ks, dtype=np.float64)[None, :, None]
         self._blocks = np.array(space.num_blocks, dtype=np.float64)[None, None, :]
