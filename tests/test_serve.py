@@ -160,3 +160,26 @@ def test_evaluate_fills_every_column_on_the_test_split(run, tmp_path):
     bad = subprocess.run([sys.executable, "experiments/evaluate.py", f"run_dir={tmp_path / 'none'}",
                           f"hydra.run.dir={tmp_path / 'bad'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("evaluate: ") and "\n" not in bad.stderr.strip()
+
+
+def test_guarded_serving_keeps_what_fits_falls_back_otherwise_and_says_so(run, server, tiny_model_dir, tmp_path):
+    from grpo_ctrl.latency.estimator import LatencyEstimator
+    from grpo_ctrl.latency.guard import LatencyGuard
+
+    est = LatencyEstimator.load(tiny_model_dir / "latency_estimator.json")
+    est.scores = {"any": [1.0] * 40}  # the estimator's prediction is its upper latency
+    space = server.vlm.knob_space
+    guarded = Server(server.vlm, server.policy, server.scale, server.max_new_tokens,
+                     guard=LatencyGuard(est, space, 0.05, server.max_new_tokens))
+    sample = build_data(run[1].data).split("val", 1)[0]
+    tight = guarded.generate(sample.image, sample.question, budget_ms=1e-6)
+    assert tight.knobs == space.cheapest and tight.to_dict()["guard"] == "fallback" and tight.answer
+    loose = guarded.generate(sample.image, sample.question, budget_ms=1e9)
+    plain = server.generate(sample.image, sample.question, budget_ms=1e9)
+    assert (loose.guard, loose.knobs, loose.answer) == ("kept", plain.knobs, plain.answer)
+    assert "guard" not in plain.to_dict()
+    # the run's own estimator carries no residual scores: asking for the guard is one line naming the fix
+    with pytest.raises(ServeError, match=r"carries 0 residual scores.*calibrate_latency.py"):
+        Server.from_run_dir(run[0], guard=True)
+    est.save(tmp_path / "scored.json")
+    assert Server.from_run_dir(run[0], guard=True, guard_estimator=str(tmp_path / "scored.json")).guard is not None
