@@ -2,7 +2,7 @@
 of a full re-profile: one multiplier per kind of work and phase (grpo_ctrl/latency/calibration.py), leave-one-out
 residual scores for the latency guard, and the held-out error before and after on other requests timed alongside.
 
-    python experiments/calibrate_latency.py [model=hf model.path=DIR] [estimator=FILE] [threads=1] [requests=25]
+    python experiments/calibrate_latency.py [model.path=DIR] [estimator=FILE] [threads=1] [requests=25]
                                             [holdout=100] [output=FILE] [model.device=cuda]
 """
 

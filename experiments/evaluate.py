@@ -87,7 +87,7 @@ def estimator_drift(run_cfg, vlm, grid: KnobGrid, test: Profile, tolerance: floa
     estimated = grid.latency(provider)["test"]
     drift = fraction_drift(settings, test.latency_ms, estimated, settings.index(vlm.knob_space.full))
     worst = drift["worst"]
-    model = f" model=hf model.path={run_cfg.model.path}" if run_cfg.model.get("path") else ""
+    model = f" model.path={run_cfg.model.path}" if run_cfg.model.get("path") else ""
     if drift["max_abs_drift"] > tolerance:
         print(f"evaluate: warning: the run's latency estimator is off on this machine by {drift['max_abs_drift']:.3f} "
               f"of the full latency ({worst['knobs']}: {worst['estimated_fraction']:.3f} estimated, "

@@ -79,18 +79,20 @@ class JointGRPOTrainer:
     def start(self) -> bool:
         """Resume from the last checkpoint, or measure the reference latency; every rank calls it before fit().
         Warns once about val budgets below what the cheapest setting costs. True when resumed."""
-        if self.cfg.reward.name == "constrained":
-            r, b = self.cfg.reward, self.cfg.budgets
-            self.multipliers = ViolationMultipliers(0.0, 1.0, r.bands, b.max_violation, r.dual_lr, r.initial_multiplier)
-        resumed = self.maybe_resume()
+        state = self.maybe_resume()
+        resumed = state is not None
         if not resumed:
             self.ref_ms = self.ctx.broadcast_object(self.median_latency(self.space.full))
         self.scale = BudgetScale(self.cfg.budgets.unit, self.ref_ms)
+        if self.cfg.reward.name == "constrained":  # bands over the training budgets, as fractions
+            r, b = self.cfg.reward, self.cfg.budgets
+            low, high = self.scale.fraction([b.train_min, b.train_max])
+            self.multipliers = ViolationMultipliers(float(low), float(high), r.bands, b.max_violation, r.dual_lr,
+                                                    r.initial_multiplier)
+            if resumed and state.get("multipliers") is not None:
+                self.multipliers.load_state_dict(state["multipliers"])
         if self.guard is not None:  # a budget fraction, to the guard, is of its own estimator's full latency
             self.guard_ref_ms = self.median_latency(self.space.full, EstimatorLatency(self.guard.estimator))
-        if self.multipliers is not None and not resumed:  # bands over the training budgets, as fractions
-            low, high = self.scale.fraction([self.cfg.budgets.train_min, self.cfg.budgets.train_max])
-            self.multipliers.edges = np.linspace(float(low), float(high), len(self.multipliers.values) + 1)
         if self.ctx.is_main:
             warn_unreachable(self.scale.ms(self.cfg.budgets.val), self.median_latency(self.space.cheapest),
                              "budgets.val")
@@ -328,9 +330,10 @@ class JointGRPOTrainer:
                             wandb_run_id=self.tracker.wandb_run_id if self.tracker is not None else None)
         self.ctx.barrier()
 
-    def maybe_resume(self) -> bool:
+    def maybe_resume(self) -> dict | None:
+        """Load the last checkpoint when resuming (the controller, optimiser, reference latency, step); returns it."""
         if not (self.cfg.resume and self.ckpt_path.exists()):
-            return False
+            return None
         state = load_checkpoint(self.ckpt_path)
         self.controller.load_state_dict(state["controller"])
         self.opt.load_state_dict(state["optimizer"])
@@ -339,10 +342,8 @@ class JointGRPOTrainer:
         self.ref_ms = state["ref_ms"]
         self.step = state["step"]
         self.timing = state["timing"]
-        if self.multipliers is not None and state.get("multipliers") is not None:
-            self.multipliers.load_state_dict(state["multipliers"])
         self.wandb_run_id = state["wandb_run_id"]
-        return True
+        return state
 
     def timing_report(self) -> dict:
         """Wall and rollout figures; `outcomes_computed` / `outcomes_read`: this process's segment (a resumed run

@@ -42,6 +42,8 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     (["experiments/profile_latency.py", "generated_tokens=[0,2]"], "generated_tokens=[0, 2] must be >= 1"),
     (["experiments/profile_latency.py", "sampels=3"], "sampels is not a config key (did you mean samples?)"),
     (["experiments/profile_latency.py", "model=hf"], "model is a group of keys here, not a value"),
+    (["experiments/calibrate_latency.py", "requests=3"], "calibrate_latency.py: requests=3 must be >= 6"),
+    (["experiments/calibrate_latency.py", "max_violation=1.5"], "max_violation=1.5 must be in (0, 1)"),
     (["experiments/evaluate_knobs.py", "samples=0"], "evaluate_knobs.py: samples=0 must be >= 1"),
     (["experiments/block_importance.py", "samples=0"], "block_importance.py: samples=0 must be >= 1"),
     (["experiments/evaluate.py", "run_dir=/nowhere"], "evaluate: run_dir=/nowhere is not a directory"),

@@ -24,6 +24,8 @@ TINY = {
     "gpu_outcomes.py": ["tiny=true"],
     "gpu_outcomes.sh": ["tiny=true"],
     "knob_latency.py": ["requests=1", "repeats=1", "samples=1", "threads=1"],
+    "latency_transfer.py": ["threads=[1,1]", "samples=3", "heldout_prompts=1", "requests=6", "repeats=1",
+                            "warmup=0"],
     "latency_overhead.py": ["pairs=20", "warmup=0", "new_tokens=2", "threads=1"],
     "rollout_throughput.py": ["prompts=4", "settings=2", "workers=2", "batch_size=4"],
     "serve_overhead.py": ["requests=2", "threads=1"],

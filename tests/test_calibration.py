@@ -139,3 +139,31 @@ def test_residual_scores_round_trip_through_the_estimator_file(tmp_path):
     assert loaded.scores == {"low/k1/b2": [1.1, 0.9]}
     with pytest.raises(ValueError, match="must be finite and > 0"):
         LatencyEstimator(COEF, scores={"low/k1/b2": [-1.0]})
+
+
+@pytest.mark.slow
+def test_calibrate_latency_writes_a_calibrated_estimator_beside_the_original(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    original = tmp_path / "est" / "latency_estimator.json"
+    original.parent.mkdir()
+    shutil.copy(tiny_model_dir / "latency_estimator.json", original)
+    res = subprocess.run([sys.executable, "experiments/calibrate_latency.py",
+                          f"model.path={tiny_model_dir}", f"estimator={original}", "requests=8", "holdout=6",
+                          "repeats=2", "warmup=0", "generated_tokens=[1,2]", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    written = original.with_name("latency_estimator.cpu-1t.json")
+    calibrated = LatencyEstimator.load(written)
+    assert calibrated.meta["calibrated_from"]["path"] == str(original) and calibrated.meta["threads"] == 1
+    assert calibrated.meta.get("model") == LatencyEstimator.load(original).meta.get("model")
+    assert sum(map(len, calibrated.scores.values())) == 16  # 8 requests x 2 runs, each left out of its own fit
+    assert "before: total_mape" in res.stdout and "after:  total_mape" in res.stdout
+    report = json.loads((tmp_path / "run" / "calibrate_latency_report.json").read_text())
+    assert report["written"] == [str(tmp_path / "run" / "latency_estimator.json"), str(written)]
+    assert original.read_bytes() == (tiny_model_dir / "latency_estimator.json").read_bytes()  # left as it was
