@@ -7,7 +7,10 @@
 Stage 1 (the tier) is decided from the budget and the question before the vision encoder runs; stage 2 (top-k,
 blocks) from the vision features at that tier, which generation then reuses: the path validation takes
 (`GreedyPolicy`, `VLMAdapter.encode_vision`, `VLMAdapter.generate`). Knobs are applied to the one model in
-place, so a `Server` answers one request at a time: concurrent callers are serialised by a lock.
+place, so a `Server` answers one request at a time: concurrent callers are serialised by a lock. With a latency
+guard (`guard=true`, grpo_ctrl/latency/guard.py) the decision keeps to the settings whose calibrated upper latency
+fits the budget, and the served result says whether the controller's choice was kept, moved or replaced by the
+cheapest setting.
 """
 
 from __future__ import annotations
